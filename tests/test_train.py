@@ -1,0 +1,75 @@
+"""train: the recipe, its history and checkpoint, seeding, and a diverging loss."""
+import torch
+
+from conftest import run_main, tiny_params, write_params
+from stages import train
+from stages.common import PipelineError, build_model, load_checkpoint, seed_everything
+
+
+def tiny_model_and_data(project):
+    subsets = {name: torch.load(f"data/prepared/{name}.pt", weights_only=True) for name in ("train", "test")}
+    seed_everything(0)
+    return build_model(), subsets
+
+
+def run_training(project, **overrides):
+    model, subsets = tiny_model_and_data(project)
+    settings = dict(epochs=1, batch_size=50, lr=1e-3, seed=0, device=torch.device("cpu"), precision="fp32",
+                    eval_batch_size=100)
+    settings.update(overrides)
+    history = train.train_model(model, subsets["train"], subsets["test"], **settings)
+    return model, history
+
+
+def test_training_is_seeded(project):
+    first, history_a = run_training(project)
+    second, history_b = run_training(project)
+    assert history_a == history_b
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_training_learns(project):
+    _, history = run_training(project, epochs=3, lr=3e-3)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert history[-1]["train_accuracy"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_nan_loss_stops_with_a_clear_error(project):
+    model, subsets = tiny_model_and_data(project)
+    with torch.no_grad():
+        model.fc.bias.fill_(float("nan"))
+    try:
+        train.train_model(model, subsets["train"], subsets["test"], epochs=1, batch_size=50, lr=1e-3, seed=0,
+                          device=torch.device("cpu"), precision="fp32", eval_batch_size=100)
+    except PipelineError as exc:
+        assert "the loss became nan at epoch 1, batch 1; no checkpoint written; lower 'train.lr'" in str(exc)
+    else:
+        raise AssertionError("training went on with a NaN loss")
+
+
+def test_stage_outputs(project):
+    model, checkpoint = load_checkpoint("artifacts/train/model.pt")
+    assert checkpoint["image_size"] == 32 and checkpoint["n_classes"] == 10 and model.fc.out_features == 10
+    history = (project / "artifacts/train/history.csv").read_text().splitlines()
+    assert history[0] == "epoch,loss,train_accuracy,test_accuracy,test_loss" and len(history) == 1 + 2
+    import json
+    metrics = json.loads((project / "artifacts/metrics/train.json").read_text())
+    assert metrics["baseline_accuracy"] == float(history[-1].split(",")[3]) or \
+        abs(metrics["baseline_accuracy"] - float(history[-1].split(",")[3])) < 1e-6
+
+
+def test_stage_rejects_bad_params_before_training(project, capsys):
+    write_params(project, tiny_params(train={"batch_size": 0}))
+    (project / "artifacts/train/model.pt").unlink()
+    assert run_main(train.main) == 2
+    assert capsys.readouterr().err == ("error: params.yaml: 'train.batch_size' is 0; it must be an integer "
+                                       "from 2 to 65536\n")
+    assert not (project / "artifacts/train/model.pt").exists()
+
+
+def test_stage_rejects_corrupt_prepared_data(project, capsys):
+    data = project / "data/prepared/train.pt"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    assert run_main(train.main) == 2
+    assert "data/prepared/train.pt: corrupt or not a prepared MNIST subset" in capsys.readouterr().err
