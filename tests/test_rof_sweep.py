@@ -1,4 +1,5 @@
 """The ROF method on tensors small enough to check by hand, and the rof_sweep stage's checks."""
+import functools
 import math
 
 import pytest
@@ -53,11 +54,15 @@ def test_random_ranking_is_a_seeded_permutation():
     assert not torch.equal(a, rof.unit_order(features, "random", 4))
 
 
-@pytest.mark.parametrize("curves", [rof.retrieval_curves, rof.retrieval_curves_loop])
-def test_hand_worked_curve(curves):
+@pytest.mark.parametrize("curves,tolerance", [
+    (functools.partial(rof.retrieval_curves, dtype=torch.float64), 1e-12),
+    (rof.retrieval_curves, 1e-6),  # the default, float32
+    (rof.retrieval_curves_loop, 1e-12),
+])
+def test_hand_worked_curve(curves, tolerance):
     accuracy, loss = curves(FEATURES, LABELS, WEIGHT, BIAS, torch.tensor([0, 1, 2]))
     assert accuracy.tolist() == HAND_ACCURACY
-    assert loss.tolist() == pytest.approx(HAND_LOSS, abs=1e-12)
+    assert loss.tolist() == pytest.approx(HAND_LOSS, abs=tolerance)
     points = rof.turning_points(accuracy, loss, acc_tolerance=0.3, loss_tolerance=0.0)
     # exact: first maximum of accuracy and first minimum of loss are both at all 3 units
     assert points["exact"] == {"acc": 3, "loss": 3}
@@ -69,21 +74,32 @@ def test_hand_worked_curve(curves):
 def test_bias_is_kept_at_zero_units():
     accuracy, loss = rof.retrieval_curves(FEATURES, LABELS, WEIGHT, torch.tensor([0.0, 1.0]), torch.tensor([0, 1, 2]))
     assert accuracy[0] == 0.5  # bias favours class 1: s2 and s3 right with no unit at all
-    assert loss[0] == pytest.approx(softplus(1) * 0.5 + softplus(-1) * 0.5)
+    assert loss[0] == pytest.approx(softplus(1) * 0.5 + softplus(-1) * 0.5, abs=1e-6)
 
 
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 @pytest.mark.parametrize("n_samples,n_units,n_classes,chunk", [(37, 23, 10, 2**22), (64, 40, 5, 500), (5, 1, 3, 1)])
-def test_vectorised_sweep_equals_the_per_n_loop(n_samples, n_units, n_classes, chunk):
+def test_vectorised_sweep_equals_the_per_n_loop(n_samples, n_units, n_classes, chunk, dtype, rtol):
     generator = torch.Generator().manual_seed(n_units)
     features = torch.rand(n_samples, n_units, generator=generator).relu()
     labels = torch.randint(0, n_classes, (n_samples,), generator=generator)
     weight = torch.randn(n_classes, n_units, generator=generator)
     bias = torch.randn(n_classes, generator=generator)
     order = torch.randperm(n_units, generator=generator)
-    fast = rof.retrieval_curves(features, labels, weight, bias, order, chunk_elements=chunk)
+    fast = rof.retrieval_curves(features, labels, weight, bias, order, chunk_elements=chunk, dtype=dtype)
     slow = rof.retrieval_curves_loop(features, labels, weight, bias, order)
     assert torch.equal(fast[0], slow[0])
-    assert torch.allclose(fast[1], slow[1], rtol=1e-10, atol=1e-12)
+    assert torch.allclose(fast[1], slow[1], rtol=rtol, atol=rtol)
+
+
+def test_exact_ties_follow_argmax_first_index():
+    # Zero features: every step's logits are the bias; with a tied bias argmax picks class 0.
+    features, labels = torch.zeros(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+    for bias, expected in ((torch.zeros(3), 2 / 6), (torch.tensor([0.0, 1.0, 1.0]), 2 / 6),
+                           (torch.tensor([1.0, 1.0, 0.0]), 2 / 6)):
+        accuracy, _ = rof.retrieval_curves(features, labels, torch.ones(3, 4), bias, torch.arange(4))
+        loop, _ = rof.retrieval_curves_loop(features, labels, torch.ones(3, 4), bias, torch.arange(4))
+        assert accuracy.tolist() == loop.tolist() == [expected] * 5
 
 
 # ---------------------------------------------------------------------------------------------
