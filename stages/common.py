@@ -63,6 +63,13 @@ def _threads(v):
     return v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256)
 
 
+def _list_of(check, allowed, unique=True):
+    def check_list(v):
+        return isinstance(v, list) and len(v) > 0 and all(check(x) for x in v) and \
+            (not unique or len(set(v)) == len(v))
+    return check_list, f"a non-empty list of distinct values, each {allowed}"
+
+
 def _path(v):
     return isinstance(v, str) and v.strip() != ""
 
@@ -140,8 +147,8 @@ def validate_params(params, schema=SCHEMA, source=PARAMS_FILE):
     return params
 
 
-def load_params(section, path=None):
-    """The validated section of params.yaml (the whole file is validated)."""
+def load_params(section, path=None, schema=SCHEMA):
+    """The validated section of a params file (the whole file is validated against `schema`)."""
     path = Path(path or PARAMS_FILE)
     try:
         params = yaml.safe_load(path.read_text())
@@ -149,7 +156,7 @@ def load_params(section, path=None):
         raise PipelineError(f"{path}: file not found; run the stage from the project root") from None
     except yaml.YAMLError as exc:
         raise PipelineError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return validate_params(params, source=str(path))[section]
+    return validate_params(params, schema, source=str(path))[section]
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ came from (rof_sweep refuses features that do not match the checkpoint it is giv
 """
 from pathlib import Path
 
-from stages.common import (PipelineError, choose_device, choose_precision, forward_features,
+from stages.common import (PipelineError, check_fits, choose_device, choose_precision, forward_features,
                            load_checkpoint, load_params, load_prepared, remove_stale_temps, run_stage,
                            save_torch, set_threads)
 
@@ -25,8 +25,11 @@ def main():
     set_threads(params["threads"])
     model, checkpoint = load_checkpoint(CHECKPOINT)
     model.to(device)
+    subsets = {name: load_prepared(f"data/prepared/{name}.pt") for name in outputs}
+    n_samples = sum(len(s["labels"]) for s in subsets.values())
+    check_fits(n_samples * (model.fc.in_features + model.fc.out_features) * 4, OUT_DIR, "the features")
     for name, path in outputs.items():
-        subset = load_prepared(f"data/prepared/{name}.pt")
+        subset = subsets[name]
         if subset["image_size"] != checkpoint["image_size"]:
             raise PipelineError(f"data/prepared/{name}.pt: images are {subset['image_size']} px but {CHECKPOINT} "
                                 f"was trained on {checkpoint['image_size']} px; rerun `dvc repro`")

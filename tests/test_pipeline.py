@@ -32,7 +32,8 @@ def dvc(repo, *args, check=True):
 
 
 def stages_run(output):
-    return re.findall(r"Running stage '(\w+)'", output)
+    """Names of the stages a DVC run ran ('study/dvc.yaml:run@0.0-1' is reported as 'run@0.0-1')."""
+    return re.findall(r"Running stage '(?:[\w/.]+:)?([\w@.-]+)'", output)
 
 
 def lock_hashes(repo):
@@ -97,6 +98,22 @@ def test_rerun_with_same_params_is_byte_identical(repo):
     assert stages_run(dvc(repo, "repro", "-f").stdout) == STAGES
     assert lock_hashes(repo) == before
     assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_a_rejected_train_param_leaves_outputs_restorable(repo):
+    before = lock_hashes(repo)
+    write_params(repo, tiny_params(train={"epochs": 0}))
+    try:
+        result = dvc(repo, "repro", check=False)
+        assert result.returncode != 0
+        assert "error: params.yaml: 'train.epochs' is 0; it must be an integer from 1 to 1000" in result.stderr
+        assert not (repo / "artifacts/train/model.pt").exists()  # DVC removed it before running train
+        dvc(repo, "checkout")                                      # ... and restores it from its cache
+        assert (repo / "artifacts/train/model.pt").exists()
+    finally:
+        write_params(repo, tiny_params())
+    assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
+    assert lock_hashes(repo) == before
 
 
 def test_a_bad_param_fails_in_seconds_and_writes_nothing(repo):

@@ -149,3 +149,14 @@ def test_stage_refuses_a_missing_idx_folder_before_writing(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith("error: data.idx_dir 'no/such/dir': no such folder") and err.count("\n") == 1
     assert not (tmp_path / "data/prepared/train.pt").exists()
+
+
+def test_stage_refuses_what_would_not_fit_with_the_estimate(tmp_path, monkeypatch, capsys):
+    from stages import common
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(common, "available_memory_bytes", lambda: 100 * 2**20)  # pretend 100 MiB
+    write_params(tmp_path, tiny_params(data={"train_size": 60000, "test_size": 10000, "image_size": 112}))
+    assert run_main(prepare_data.main) == 2
+    assert capsys.readouterr().err == ("error: the prepared images would need about 0.82 GiB of memory but only "
+                                       "0.10 GiB is available; lower the sizes in params.yaml\n")
+    assert not (tmp_path / "data/prepared/train.pt").exists()
