@@ -4,7 +4,7 @@ PYTHON ?= python3
 # Stages are run by DVC as `python -m stages.<name>`: put the venv first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test bench clean-venv
+.PHONY: run test bench study clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-data.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	python -m bench.run
+
+# The generalization study (study/dvc.yaml; profile in study/params.yaml).
+study: $(VENV)/.installed
+	dvc repro study/dvc.yaml
 
 clean-venv:
 	rm -rf $(VENV)
