@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -160,7 +159,8 @@ def sweep_lines(quick):
     lines += [f"ROF sweep, {n} samples x 512 units (best of 3 each): vectorised {fast_s:.2f} s, loop {slow_s:.2f} s, "
               f"speed-up {slow_s / fast_s:.0f}x, equal: {agree}"]
     big = (2000, 2048) if quick else (50000, 2048)
-    code = (f"import resource, time; from bench.run import sweep_speed; s = sweep_speed({big[0]}, {big[1]}, loop=False, repeats=1)[0]; "
+    code = (f"import resource; from bench.run import sweep_speed; "
+            f"s = sweep_speed({big[0]}, {big[1]}, loop=False, repeats=1)[0]; "
             f"print(s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True, text=True, check=True)
     big_s, big_rss = map(float, out.stdout.split())

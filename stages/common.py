@@ -206,7 +206,7 @@ def atomic_path(path):
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        # Fault injection for the kill test (tests/test_reliability.py): hold the finished
+        # Fault injection for the kill test (tests/test_pipeline.py): hold the finished
         # temporary file for this many seconds before the rename.
         hold = os.environ.get("ROFPIPE_HOLD_BEFORE_RENAME")
         if hold:

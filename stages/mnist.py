@@ -9,7 +9,6 @@ import gzip
 import hashlib
 import importlib.util
 import io
-import os
 import pickle
 import struct
 from pathlib import Path

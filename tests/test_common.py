@@ -119,6 +119,12 @@ def test_missing_cuda_is_an_error_and_auto_falls_back():
     assert common.choose_device("auto", "train.device").type in ("cpu", "mps")
 
 
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")
+def test_missing_mps_is_an_error():
+    with pytest.raises(PipelineError, match="'extract_features.device' is 'mps' but no MPS device is available"):
+        common.choose_device("mps", "extract_features.device")
+
+
 def test_auto_precision_picks_bf16_only_where_native():
     cpu = torch.device("cpu")
     expected = "bf16" if common.bf16_supported(cpu) else "fp32"

@@ -260,3 +260,11 @@ def test_bad_rof_param_writes_nothing(project, capsys):
     assert capsys.readouterr().err.strip() == ("error: params.yaml: 'rof.ranking' is 'l2'; "
                                                "it must be one of l1, random, ascending")
     assert not (project / "artifacts/metrics/rof.json").exists() and before
+
+
+def test_a_truncated_features_file_is_one_line(project, capsys):
+    path = project / "artifacts/features/test.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    assert run_main(rof_sweep.main) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: artifacts/features/test.pt: corrupt or not a features file") and err.count("\n") == 1
