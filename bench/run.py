@@ -62,8 +62,7 @@ def run_pipeline(params):
     wall, _, out, err = measured([str(BIN / "dvc"), "repro"], repo)
     stages = {name: (float(s), int(m)) for name, s, m in STAGE_LINE.findall(out + err)}
     metrics = json.loads((repo / "artifacts/metrics/train.json").read_text())
-    rof = json.loads((repo / "artifacts/metrics/rof.json").read_text())
-    return repo, wall, stages, metrics["baseline_accuracy"], rof
+    return repo, wall, stages, metrics["baseline_accuracy"]
 
 
 def best_of(repeats, fn):
@@ -111,7 +110,7 @@ def main():
         return
     plain_wall, plain_rss, plain_out, _ = measured([sys.executable, "-m", "bench.plain", *plain_args], ROOT)
     plain = json.loads(plain_out.strip().splitlines()[-1])
-    repo, wall, stages, accuracy, rof = run_pipeline(params)
+    repo, wall, stages, accuracy = run_pipeline(params)
     peak = max(m for _, m in stages.values())
     lines += ["| run | wall s | peak RSS MiB | test accuracy |", "|---|---:|---:|---:|",
               f"| plain (fp32, NCHW, float32 images, loop sweep) | {plain_wall:.1f} | {plain_rss:.0f} | "
@@ -126,7 +125,7 @@ def main():
         fp32 = json.loads(json.dumps(params))
         for section in ("train", "extract_features"):
             fp32[section]["precision"] = "fp32"
-        _, wall32, stages32, accuracy32, _ = run_pipeline(fp32)
+        _, wall32, stages32, accuracy32 = run_pipeline(fp32)
         lines += ["| precision | dvc repro wall s | train s | extract_features s | test accuracy |",
                   "|---|---:|---:|---:|---:|",
                   f"| bf16 (auto here) | {wall:.1f} | {stages['train'][0]:.1f} | {stages['extract_features'][0]:.1f} "
