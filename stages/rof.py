@@ -7,6 +7,8 @@ zeroes the rest, and applies W, b (bias kept, as in seed 000): n_units runs 0..n
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 CATEGORIES = ("both", "train_only", "test_only", "neither")
@@ -57,59 +59,53 @@ def _count_correct(logits, top, target, labels):
     return correct
 
 
-def retrieval_curves(features, labels, weight, bias, order, chunk_elements=2**20, dtype=torch.float32,
-                     block=16):
+LOG2_E = math.log2(math.e)
+
+
+def retrieval_curves(features, labels, weight, bias, order, chunk_elements=2**20, dtype=torch.float32):
     """Accuracy and mean cross-entropy for n_units = 0..n_units_total, in one vectorised pass.
 
     The logits after retrieving the first n ranked units are b + sum_{k<n} F[:, r_k] W[:, r_k]:
-    a prefix sum over the ranked units, so one pass gives every point of the curve (the loop in
-    retrieval_curves_loop does one masked matrix product per n instead). The prefix sum is
-    blocked: within each block of `block` ranked units, one batched matrix product with a
-    lower-triangular-masked copy of W gives the partial sums at every step; adding the running
-    total of the earlier blocks completes them. That is several times faster on a CPU than an
-    elementwise product followed by torch.cumsum.
+    a prefix sum over the ranked units, so one torch.cumsum gives every point of the curve (the
+    loop in retrieval_curves_loop does one masked matrix product per n instead).
+
+    No MKL call on purpose. An earlier version built the prefix sums with blocked batched
+    matrix products and took exp and log from torch's MKL-backed kernels; MKL's results depend
+    on the code path it picks at run time, and a rerun on a CI machine wrote different loss
+    digits, so DVC saw a changed output. Here every product is a single correctly rounded
+    multiplication, torch's CPU cumsum runs sequentially (accumulating in float64), and the
+    log-sum-exp uses torch's own exp2 and log1p kernels, so a rerun writes the same bits.
 
     Logits are laid out steps x classes x samples, so the reductions over the classes run over
     contiguous rows of samples. Samples go in chunks of about `chunk_elements` logits
-    (4 MiB in float32), which bounds memory whatever the number of samples.
+    (4 MiB in float32) in one reused buffer, which bounds memory whatever the number of samples.
     Returns (accuracy, loss), float64 tensors of length n_units_total + 1.
     """
     n_samples, n_units = features.shape
     n_classes = weight.shape[0]
-    n_blocks = -(-n_units // block)
-    padded = n_blocks * block  # zero units pad the last block; their steps are dropped below
-    w_ranked = torch.zeros(padded, n_classes, dtype=dtype)
-    w_ranked[:n_units] = weight.to(dtype)[:, order].T
-    lower = torch.tril(torch.ones(block, block, dtype=dtype))            # [step n, unit k]: k <= n
-    # masked[j, n * n_classes + c, k] = W[c, unit j * block + k] if k <= n else 0
-    masked = (lower[None, :, None, :] * w_ranked.view(n_blocks, block, n_classes).permute(0, 2, 1)[:, None]) \
-        .reshape(n_blocks, block * n_classes, block)
+    w_ranked = weight.to(dtype)[:, order].T.contiguous()                 # units x classes, ranked
     b = bias.to(dtype)
-    chunk = max(1, chunk_elements // ((padded + 1) * n_classes))
+    chunk = max(1, chunk_elements // ((n_units + 1) * n_classes))
+    # One buffer for every chunk: a fresh 4 MiB tensor per chunk costs its page faults each time.
+    buffer = torch.empty((n_units + 1) * n_classes * min(chunk, n_samples), dtype=dtype)
     correct = torch.zeros(n_units + 1, dtype=torch.int64)
     loss_sum = torch.zeros(n_units + 1, dtype=torch.float64)
     for start in range(0, n_samples, chunk):
         rows = features[start:start + chunk]
-        ranked = torch.zeros(padded, len(rows), dtype=dtype)                 # gathered per chunk: memory
-        ranked[:n_units] = rows[:, order].T                                  # stays bounded by the chunk
-        f = ranked.view(n_blocks, block, -1)                                 # blocks x block x s
         y = labels[start:start + chunk]
-        steps = torch.empty((padded + 1, n_classes, f.shape[2]), dtype=dtype)
-        steps[0] = b[:, None]
-        within = steps[1:].view(n_blocks, block * n_classes, -1)
-        torch.bmm(masked, f, out=within)                                     # partial sums inside each block
-        within = within.view(n_blocks, block, n_classes, -1)
-        # each block's base: the bias plus the totals of all earlier blocks (one pass adds both)
-        bases = torch.empty((n_blocks, n_classes, within.shape[3]), dtype=dtype)
-        bases[0] = b[:, None]
-        torch.cumsum(within[:-1, -1], dim=0, out=bases[1:])
-        bases[1:] += b[:, None]
-        within += bases[:, None]
-        logits = steps[:n_units + 1]
+        ranked = rows[:, order].T.to(dtype)                                  # units x s, gathered per chunk
+        logits = buffer[:(n_units + 1) * n_classes * len(rows)].view(n_units + 1, n_classes, len(rows))
+        logits[0] = b[:, None]
+        torch.mul(w_ranked[:, :, None], ranked[:, None, :], out=logits[1:])  # each unit's contribution
+        logits.cumsum_(0)                                                    # step n: bias + first n units
         top = logits.amax(dim=1)
         target = logits.gather(1, y.view(1, 1, -1).expand(n_units + 1, 1, -1)).squeeze(1)
         correct += _count_correct(logits, top, target, y)
-        log_z = logits.sub_(top[:, None, :]).exp_().sum(dim=1).log_().add_(top)
+        # log-sum-exp through exp2 and log1p: torch's exp and log call MKL's vector math library,
+        # whose bits depend on the code path it picks, like BLAS (see above); exp2 and log1p are
+        # torch's own kernels. The sum is at least 1 (the top class), so s - 1 is exact.
+        exp_shifted = logits.sub_(top[:, None, :]).mul_(LOG2_E).exp2_()
+        log_z = exp_shifted.sum(dim=1).sub_(1).log1p_().add_(top)
         loss_sum += (log_z - target).sum(dim=1, dtype=torch.float64)
     return correct.to(torch.float64) / n_samples, loss_sum / n_samples
 
