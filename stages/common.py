@@ -36,13 +36,13 @@ class PipelineError(Exception):
 # --------------------------------------------------------------------------------------------
 # params
 # --------------------------------------------------------------------------------------------
-def _int_range(lo, hi=None):
+def int_range(lo, hi=None):
     def check(v):
         return isinstance(v, int) and not isinstance(v, bool) and v >= lo and (hi is None or v <= hi)
     return check, f"an integer from {lo} to {hi}" if hi is not None else f"an integer >= {lo}"
 
 
-def _float_range(lo, hi, lo_open=False):
+def float_range(lo, hi, lo_open=False):
     def check(v):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             return False
@@ -50,7 +50,7 @@ def _float_range(lo, hi, lo_open=False):
     return check, f"a number in {'(' if lo_open else '['}{lo}, {hi}]"
 
 
-def _choice(*options):
+def choice(*options):
     return (lambda v: v in options), "one of " + ", ".join(map(str, options))
 
 
@@ -63,7 +63,7 @@ def _threads(v):
     return v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 256)
 
 
-def _list_of(check, allowed, unique=True):
+def list_of(check, allowed, unique=True):
     def check_list(v):
         return isinstance(v, list) and len(v) > 0 and all(check(x) for x in v) and \
             (not unique or len(set(v)) == len(v))
@@ -75,46 +75,46 @@ def _path(v):
 
 
 DEVICE = (_device, "auto, cpu, cuda, cuda:N or mps")
-PRECISION = _choice("auto", "fp32", "bf16")
+PRECISION = choice("auto", "fp32", "bf16")
 THREADS = (_threads, "auto or an integer from 1 to 256")
-SEED = _int_range(0, 2**31 - 1)
+SEED = int_range(0, 2**31 - 1)
 
 # One entry per params.yaml section; each stage reads exactly one section (see dvc.yaml).
 SCHEMA = {
     "data": {
-        "source": _choice("packaged", "torchvision", "idx"),
+        "source": choice("packaged", "torchvision", "idx"),
         "idx_dir": (_path, "a folder path (used when source is idx)"),
-        "train_size": _int_range(1, MNIST_TRAIN_TOTAL),
-        "test_size": _int_range(1, MNIST_TEST_TOTAL),
-        "selection": _choice("first", "stratified"),
-        "image_size": _int_range(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+        "train_size": int_range(1, MNIST_TRAIN_TOTAL),
+        "test_size": int_range(1, MNIST_TEST_TOTAL),
+        "selection": choice("first", "stratified"),
+        "image_size": int_range(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
         "seed": SEED,
     },
     "train": {
-        "epochs": _int_range(1, 1000),
-        "batch_size": _int_range(2, 65536),
-        "lr": _float_range(0, 10, lo_open=True),
+        "epochs": int_range(1, 1000),
+        "batch_size": int_range(2, 65536),
+        "lr": float_range(0, 10, lo_open=True),
         "seed": SEED,
         "device": DEVICE,
         "precision": PRECISION,
         "threads": THREADS,
-        "eval_batch_size": _int_range(1, 65536),
+        "eval_batch_size": int_range(1, 65536),
     },
     "extract_features": {
-        "batch_size": _int_range(1, 65536),
+        "batch_size": int_range(1, 65536),
         "device": DEVICE,
         "precision": PRECISION,
         "threads": THREADS,
     },
     "rof": {
-        "ranking": _choice("l1", "random", "ascending"),
-        "turning_point": _choice("exact", "tolerance"),
-        "acc_tolerance": _float_range(0, 1),
-        "loss_tolerance": _float_range(0, 10),
+        "ranking": choice("l1", "random", "ascending"),
+        "turning_point": choice("exact", "tolerance"),
+        "acc_tolerance": float_range(0, 1),
+        "loss_tolerance": float_range(0, 10),
         "seed": SEED,
     },
     "plot": {
-        "dpi": _int_range(30, 600),
+        "dpi": int_range(30, 600),
     },
 }
 

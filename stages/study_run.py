@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from stages.common import (N_CLASSES, PipelineError, SCHEMA, build_model, choose_device, choose_precision,
-                           forward_features, load_params, remove_stale_temps, run_stage, seed_everything,
-                           set_threads, write_json, _choice, _float_range, _int_range, _list_of)
+from stages.common import (N_CLASSES, SCHEMA, PipelineError, build_model, choice, choose_device,
+                           choose_precision, float_range, forward_features, int_range, list_of, load_params,
+                           remove_stale_temps, run_stage, seed_everything, set_threads, write_json)
 from stages.mnist import load_packaged
 from stages.prepare_data import prepare_split
 from stages.rof import CATEGORIES, category_counts
@@ -22,10 +22,10 @@ from stages.train import train_model
 
 PARAMS = Path("study/params.yaml")
 RUNS_DIR = Path("artifacts/study/runs")
-NOISE = _float_range(0, 0.9)  # at 0.9 wrong labels outnumber right ones in every class: nothing to learn
-SEEDS = _int_range(0, 2**31 - 1)
+NOISE = float_range(0, 0.9)  # at 0.9 wrong labels outnumber right ones in every class: nothing to learn
+SEEDS = int_range(0, 2**31 - 1)
 STUDY_SCHEMA = {
-    "grid": {"label_noise": _list_of(*NOISE), "seeds": _list_of(*SEEDS)},
+    "grid": {"label_noise": list_of(*NOISE), "seeds": list_of(*SEEDS)},
     "run": {
         "train_size": SCHEMA["data"]["train_size"], "test_size": SCHEMA["data"]["test_size"],
         "selection": SCHEMA["data"]["selection"], "image_size": SCHEMA["data"]["image_size"],
@@ -33,7 +33,7 @@ STUDY_SCHEMA = {
         "lr": SCHEMA["train"]["lr"], "device": SCHEMA["train"]["device"],
         "precision": SCHEMA["train"]["precision"], "threads": SCHEMA["train"]["threads"],
         "eval_batch_size": SCHEMA["train"]["eval_batch_size"],
-        "turning_point": _choice("exact", "tolerance"),
+        "turning_point": choice("exact", "tolerance"),
         "acc_tolerance": SCHEMA["rof"]["acc_tolerance"], "loss_tolerance": SCHEMA["rof"]["loss_tolerance"],
     },
 }
