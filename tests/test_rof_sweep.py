@@ -134,6 +134,21 @@ def test_exact_ties_follow_argmax_first_index():
         assert accuracy.tolist() == loop.tolist() == [expected] * 5
 
 
+def test_classes_with_equal_weights_tie_at_every_step():
+    # Classes 0 and 1 share their weights and bias, so their logits are equal at every step, and
+    # argmax picks class 0: exactly the label-0 samples are right. The label's logit and its
+    # rivals' come from two separate prefix sums; this fails if they round differently.
+    generator = torch.Generator().manual_seed(3)
+    features = torch.rand(50, 30, generator=generator) * 5
+    labels = torch.randint(0, 2, (50,), generator=generator)
+    shared = torch.randn(30, generator=generator)
+    weight = torch.stack([shared, shared, torch.full((30,), -1.0)])
+    bias = torch.tensor([0.3, 0.3, -100.0])
+    accuracy, _ = rof.retrieval_curves(features, labels, weight, bias, torch.randperm(30, generator=generator),
+                                       chunk_elements=300)
+    assert accuracy.tolist() == [float((labels == 0).double().mean())] * 31
+
+
 # ---------------------------------------------------------------------------------------------
 # turning points: edge cases
 # ---------------------------------------------------------------------------------------------
