@@ -1,0 +1,112 @@
+"""Convolutions on small feature maps as one matrix product (im2col + GEMM), for bf16 on the CPU.
+
+Why: oneDNN's bf16 convolutions are fast on large maps but slow on small ones. At the
+default 112 px, layer4 works on 4x4 maps; there its 512->512 3x3 convolution took about
+180 ms forward and backward per batch of 128 (backward weights alone 130 ms, under 40 GFLOP/s),
+while the same products written as three matrix multiplications take about 65 ms through
+oneDNN's AMX matmul (`python -m bench.run --convs` prints the table). Layers 3 and 4 at
+112 px (maps of 7x7 and 4x4) switch; layers 1 and 2 stay with oneDNN, which is faster there.
+
+The product is the convolution's definition, so only the rounding differs from
+torch.nn.functional.conv2d: inputs and weights in bf16, sums in fp32, as autocast's
+convolution does. tests/test_gemm_conv.py checks values and gradients against conv2d.
+"""
+import torch
+import torch.nn.functional as F
+
+# Feature maps with at most this many output positions (7x7) take the matrix product.
+MAX_POSITIONS = 49
+
+
+def _im2col(x_nhwc, kernel, stride, padding, out_h, out_w):
+    """n x h x w x c -> n x out_h x out_w x (kernel * kernel * c), patches in (row, column, channel) order.
+
+    One strided view of the padded input, copied once (about twice as fast as concatenating
+    the kernel * kernel shifted slices).
+    """
+    if padding:
+        x_nhwc = F.pad(x_nhwc, (0, 0, padding, padding, padding, padding))
+    n, _, _, c = x_nhwc.shape
+    s_n, s_h, s_w, s_c = x_nhwc.stride()
+    taps = x_nhwc.as_strided((n, out_h, out_w, kernel, kernel, c), (s_n, stride * s_h, stride * s_w, s_h, s_w, s_c))
+    return taps.reshape(n, out_h, out_w, kernel * kernel * c)
+
+
+class _GemmConv2d(torch.autograd.Function):
+    """conv2d(x, weight, stride, padding) for square kernels, groups 1, no bias, any dtype."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding):
+        n, c, h, w = x.shape
+        c_out, kernel = weight.shape[0], weight.shape[2]
+        out_h, out_w = (h + 2 * padding - kernel) // stride + 1, (w + 2 * padding - kernel) // stride + 1
+        patches = _im2col(x.permute(0, 2, 3, 1), kernel, stride, padding, out_h, out_w)
+        flat_weight = weight.permute(0, 2, 3, 1).reshape(c_out, -1)        # c_out x (kernel, kernel, c)
+        y = patches.reshape(n * out_h * out_w, -1) @ flat_weight.T
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (stride, padding, out_h, out_w)
+        return y.view(n, out_h, out_w, c_out).permute(0, 3, 1, 2)           # channels_last memory
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        stride, padding, out_h, out_w = ctx.geometry
+        n, c, h, w = x.shape
+        c_out, kernel = weight.shape[0], weight.shape[2]
+        grad_rows = grad_y.permute(0, 2, 3, 1).reshape(n * out_h * out_w, c_out)
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            # patches are recomputed, not saved: they are kernel^2 times the input's size
+            patches = _im2col(x.permute(0, 2, 3, 1), kernel, stride, padding, out_h, out_w)
+            grad_weight = (grad_rows.T @ patches.reshape(n * out_h * out_w, -1))
+            grad_weight = grad_weight.view(c_out, kernel, kernel, c).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[0] and stride == 1 and 2 * padding == kernel - 1:
+            # a size-preserving convolution: grad_x is grad_y convolved with the flipped kernel
+            flipped = weight.flip(2, 3).permute(1, 2, 3, 0).reshape(c, -1)  # c x (kernel, kernel, c_out)
+            patches = _im2col(grad_y.permute(0, 2, 3, 1), kernel, 1, padding, h, w)
+            grad_x = (patches.reshape(n * h * w, -1) @ flipped.T).view(n, h, w, c).permute(0, 3, 1, 2)
+        elif ctx.needs_input_grad[0]:
+            # strided: scatter each tap's share back onto the (padded) input, summing in fp32
+            flat_weight = weight.permute(0, 2, 3, 1).reshape(c_out, -1)
+            grad_patches = (grad_rows @ flat_weight).view(n, out_h, out_w, kernel * kernel, c)
+            padded = torch.zeros(n, h + 2 * padding, w + 2 * padding, c, dtype=torch.float32)
+            rows, cols = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
+            for tap in range(kernel * kernel):
+                i, j = divmod(tap, kernel)
+                padded[:, i:i + rows:stride, j:j + cols:stride, :] += grad_patches[:, :, :, tap, :]
+            grad_x = padded[:, padding:padding + h, padding:padding + w, :].to(x.dtype).permute(0, 3, 1, 2)
+        return grad_x, grad_weight, None, None
+
+
+def gemm_conv2d(x, weight, stride, padding):
+    return _GemmConv2d.apply(x, weight, stride, padding)
+
+
+class SmallMapConv2d(torch.nn.Conv2d):
+    """A Conv2d (same parameters and state-dict keys) that takes the matrix-product path on
+    small output maps under CPU bf16 autocast, and is a plain Conv2d everywhere else."""
+
+    def uses_gemm(self, x):
+        if not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+            return False
+        if self.bias is not None or self.groups != 1 or self.dilation != (1, 1) or self.padding_mode != "zeros" \
+                or len(set(self.kernel_size)) != 1 or len(set(self.stride)) != 1 or len(set(self.padding)) != 1:
+            return False
+        kernel, stride, padding = self.kernel_size[0], self.stride[0], self.padding[0]
+        out_h = (x.shape[2] + 2 * padding - kernel) // stride + 1
+        out_w = (x.shape[3] + 2 * padding - kernel) // stride + 1
+        return out_h * out_w <= MAX_POSITIONS
+
+    def forward(self, x):
+        if self.uses_gemm(x):
+            return gemm_conv2d(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), self.stride[0], self.padding[0])
+        return super().forward(x)
+
+
+def use_small_map_convs(model):
+    """Switch every nn.Conv2d in `model` to SmallMapConv2d in place (parameters untouched)."""
+    for module in model.modules():
+        if type(module) is torch.nn.Conv2d:
+            module.__class__ = SmallMapConv2d
+    return model
