@@ -6,6 +6,8 @@ Usage: python -m bench.run [--quick] [--fp32]
   --quick  tiny sizes (a smoke test of the benchmark itself, numbers mean nothing)
   --fp32   also run the pipeline with fp32 precision, to show what bf16 buys
   --sweep-only  only the ROF sweep measurements (seconds)
+  --convs  only ResNet18's convolutions at the default image size and batch: oneDNN against
+           stages/gemm_conv.py's matrix product, forward and backward in bf16 (a minute)
 """
 import argparse
 import json
@@ -95,6 +97,7 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--fp32", action="store_true")
     parser.add_argument("--sweep-only", action="store_true")
+    parser.add_argument("--convs", action="store_true")
     args = parser.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     plain_args = []
@@ -107,6 +110,9 @@ def main():
 
     if args.sweep_only:
         print("\n".join(lines + sweep_lines(args.quick)))
+        return
+    if args.convs:
+        print("\n".join(lines + conv_lines(params["data"]["image_size"], params["train"]["batch_size"])))
         return
     plain_wall, plain_rss, plain_out, _ = measured([sys.executable, "-m", "bench.plain", *plain_args], ROOT)
     plain = json.loads(plain_out.strip().splitlines()[-1])
@@ -148,6 +154,54 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / ("results-quick.md" if args.quick else "results.md")).write_text(text)
     print(text)
+
+
+def conv_lines(image_size, batch_size, repeats=5):
+    """Each distinct convolution of ResNet18 at this image size: oneDNN (autocast conv2d) against
+    the matrix product, forward + backward in bf16, best of `repeats` with the two interleaved."""
+    import torch.nn.functional as F
+    from stages.gemm_conv import MAX_POSITIONS, gemm_conv2d
+    from stages.common import build_model
+    shapes = {}
+
+    def record(m, inputs, output):
+        key = (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0], inputs[0].shape[2])
+        shapes[key] = output.shape[2]
+    model = build_model().eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(record)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, image_size, image_size))
+    lines = [f"ResNet18 convolutions at {image_size} px, batch {batch_size}, bf16 forward + backward (best of {repeats}):",
+             "", "| c_in -> c_out, kernel/stride | input map | output positions | oneDNN ms | matrix product ms | "
+             "path taken |", "|---|---:|---:|---:|---:|---|"]
+    for (c_in, c_out, kernel, stride, padding, size), out_size in shapes.items():
+        x = torch.randn(batch_size, c_in, size, size).bfloat16().contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(c_out, c_in, kernel, kernel).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        weight.requires_grad_(True)
+
+        def onednn():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = F.conv2d(x, weight, stride=stride, padding=padding)
+            y.backward(torch.ones_like(y))
+
+        def product():
+            y = gemm_conv2d(x, weight.to(torch.bfloat16), stride, padding)
+            y.backward(torch.ones_like(y))
+        times = {onednn: [], product: []}
+        for _ in range(repeats + 1):
+            for fn in times:
+                start = time.perf_counter()
+                fn()
+                times[fn].append(time.perf_counter() - start)
+        best = {fn: min(t[1:]) * 1000 for fn, t in times.items()}
+        positions = out_size * out_size
+        lines.append(f"| {c_in} -> {c_out}, {kernel}x{kernel}/{stride} | {size}x{size} | {positions} | "
+                     f"{best[onednn]:.1f} | {best[product]:.1f} | "
+                     f"{'matrix product' if positions <= MAX_POSITIONS else 'oneDNN'} |")
+    return lines
 
 
 def sweep_lines(quick):

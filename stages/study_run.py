@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from stages.common import (N_CLASSES, SCHEMA, PipelineError, build_model, choice, choose_device,
+from stages.common import (N_CLASSES, SCHEMA, PipelineError, build_model, choose_device,
                            choose_precision, float_range, forward_features, int_range, list_of, load_params,
                            remove_stale_temps, run_stage, seed_everything, set_threads, write_json)
 from stages.mnist import load_packaged
@@ -33,7 +33,7 @@ STUDY_SCHEMA = {
         "lr": SCHEMA["train"]["lr"], "device": SCHEMA["train"]["device"],
         "precision": SCHEMA["train"]["precision"], "threads": SCHEMA["train"]["threads"],
         "eval_batch_size": SCHEMA["train"]["eval_batch_size"],
-        "turning_point": choice("exact", "tolerance"),
+        "turning_point": SCHEMA["rof"]["turning_point"],
         "acc_tolerance": SCHEMA["rof"]["acc_tolerance"], "loss_tolerance": SCHEMA["rof"]["loss_tolerance"],
     },
 }

@@ -9,12 +9,15 @@ from stages.gemm_conv import SmallMapConv2d, gemm_conv2d
 
 # (batch, c_in, size, c_out, kernel, stride, padding): every geometry ResNet18 has, odd sizes,
 # and a 1x1 map (layer4 at 32 px).
-GEOMETRIES = [(2, 3, 5, 4, 3, 1, 1), (2, 3, 7, 4, 3, 2, 1), (2, 3, 7, 4, 1, 2, 0), (2, 3, 6, 4, 3, 2, 1),
+GEOMETRIES = [(3, 3, 5, 4, 3, 1, 1), (3, 3, 7, 4, 3, 2, 1), (3, 3, 7, 4, 1, 2, 0), (2, 3, 6, 4, 3, 2, 1),
               (1, 2, 1, 3, 3, 1, 1), (2, 2, 9, 3, 7, 2, 3), (2, 4, 4, 4, 1, 1, 0)]
 
 
+@pytest.mark.parametrize("chunk_bytes", [gemm_conv.CHUNK_BYTES, 1])   # whole batch; one image per chunk
 @pytest.mark.parametrize("n,c,size,c_out,kernel,stride,padding", GEOMETRIES)
-def test_forward_and_gradients_equal_conv2d_in_float64(n, c, size, c_out, kernel, stride, padding):
+def test_forward_and_gradients_equal_conv2d_in_float64(n, c, size, c_out, kernel, stride, padding, chunk_bytes,
+                                                       monkeypatch):
+    monkeypatch.setattr(gemm_conv, "CHUNK_BYTES", chunk_bytes)
     generator = torch.Generator().manual_seed(size * kernel + stride)
     x = torch.randn(n, c, size, size, generator=generator, dtype=torch.float64)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)

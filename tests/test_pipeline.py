@@ -159,3 +159,29 @@ def test_a_stage_killed_while_saving_leaves_no_truncated_file(repo):
     assert stages_run(dvc(repo, "repro", "-f", "-s", "train").stdout) == ["train"]
     assert not list(checkpoint.parent.glob(".model.pt.tmp-*"))
     assert lock_hashes(repo) == before
+
+
+def project_imports(module):
+    """stages.* modules that stages/<module>.py imports anywhere in the file, transitively."""
+    import ast
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse((ROOT / "stages" / f"{name}.py").read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            todo += [n.split(".")[1] for n in names if n.startswith("stages.")]
+    return seen
+
+
+@pytest.mark.parametrize("dvc_file", ["dvc.yaml", "study/dvc.yaml"])
+def test_every_stage_depends_on_exactly_the_code_it_imports(dvc_file):
+    # A module missing from deps means a code change DVC does not see (stale outputs); one too
+    # many means needless reruns.
+    for name, stage in yaml.safe_load((ROOT / dvc_file).read_text())["stages"].items():
+        module = stage["cmd"].split()[2].split(".")[1]          # python -m stages.<module> ...
+        listed = {d for d in stage["deps"] if d.startswith("stages/")}
+        assert listed == {f"stages/{m}.py" for m in project_imports(module)}, name
