@@ -3,7 +3,7 @@
 One script, eager fp32, NCHW, all resized images held as float32 with three channels, and
 the ROF sweep as one masked matrix product per n_units. Same data, seed and initialisation
 as the pipeline's default params, so the accuracies are comparable.
-Usage: python -m bench.plain [train_size test_size image_size epochs]
+Usage: python -m bench.plain [train_size test_size image_size epochs [seed]]
 """
 import json
 import sys
@@ -73,4 +73,5 @@ def main(train_size=5000, test_size=1000, image_size=112, epochs=3, batch_size=1
 
 
 if __name__ == "__main__":
-    main(*map(int, sys.argv[1:]))
+    sizes = list(map(int, sys.argv[1:5]))
+    main(*sizes, **({"seed": int(sys.argv[5])} if len(sys.argv) > 5 else {}))

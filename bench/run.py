@@ -6,6 +6,8 @@ Usage: python -m bench.run [--quick] [--fp32]
   --quick  tiny sizes (a smoke test of the benchmark itself, numbers mean nothing)
   --fp32   also run the pipeline with fp32 precision, to show what bf16 buys
   --sweep-only  only the ROF sweep measurements (seconds)
+  --seeds 1,2  only test accuracy (and wall time) of plain and pipeline for these training
+           seeds: one seed's accuracy after 3 epochs swings by points with any change in numerics
   --convs  only ResNet18's convolutions at the default image size and batch: oneDNN against
            stages/gemm_conv.py's matrix product, forward and backward in bf16 (a minute)
 """
@@ -98,6 +100,7 @@ def main():
     parser.add_argument("--fp32", action="store_true")
     parser.add_argument("--sweep-only", action="store_true")
     parser.add_argument("--convs", action="store_true")
+    parser.add_argument("--seeds", type=lambda text: [int(v) for v in text.split(",")])
     args = parser.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     plain_args = []
@@ -110,6 +113,9 @@ def main():
 
     if args.sweep_only:
         print("\n".join(lines + sweep_lines(args.quick)))
+        return
+    if args.seeds:
+        print("\n".join(lines + seed_lines(params, args.seeds)))
         return
     if args.convs:
         print("\n".join(lines + conv_lines(params["data"]["image_size"], params["train"]["batch_size"])))
@@ -154,6 +160,27 @@ def main():
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / ("results-quick.md" if args.quick else "results.md")).write_text(text)
     print(text)
+
+
+def seed_lines(params, seeds):
+    """Plain and pipeline test accuracy per training seed, with the mean and spread."""
+    lines = ["| train seed | plain test accuracy | pipeline test accuracy | plain wall s | pipeline wall s |",
+             "|---:|---:|---:|---:|---:|"]
+    results = []
+    sizes = [str(params["data"][k]) for k in ("train_size", "test_size", "image_size")] + [str(params["train"]["epochs"])]
+    for seed in seeds:
+        plain_wall, _, plain_out, _ = measured([sys.executable, "-m", "bench.plain", *sizes, str(seed)], ROOT)
+        plain = json.loads(plain_out.strip().splitlines()[-1])["test_accuracy"]
+        seeded = json.loads(json.dumps(params))
+        seeded["train"]["seed"] = seed
+        repo, wall, _, accuracy = run_pipeline(seeded)
+        shutil.rmtree(repo)
+        results.append((plain, accuracy))
+        lines.append(f"| {seed} | {plain:.4f} | {accuracy:.4f} | {plain_wall:.1f} | {wall:.1f} |")
+    plain_all, pipeline_all = torch.tensor(results, dtype=torch.float64).T
+    lines.append(f"| mean +- sd | {plain_all.mean():.4f} +- {plain_all.std() if len(seeds) > 1 else 0:.4f} | "
+                 f"{pipeline_all.mean():.4f} +- {pipeline_all.std() if len(seeds) > 1 else 0:.4f} | | |")
+    return lines
 
 
 def conv_lines(image_size, batch_size, repeats=5):
