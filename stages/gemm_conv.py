@@ -1,11 +1,12 @@
 """Convolutions on small feature maps as one matrix product (im2col + GEMM), for bf16 on the CPU.
 
 Why: oneDNN's bf16 convolutions are fast on large maps but slow on small ones. At the
-default 112 px, layer4 works on 4x4 maps; there its 512->512 3x3 convolution took about
-180 ms forward and backward per batch of 128 (backward weights alone 130 ms, under 40 GFLOP/s),
-while the same products written as three matrix multiplications take about 65 ms through
-oneDNN's AMX matmul (`python -m bench.run --convs` prints the table). Layers 3 and 4 at
-112 px (maps of 7x7 and 4x4) switch; layers 1 and 2 stay with oneDNN, which is faster there.
+default 112 px, layer4 works on 4x4 maps; there oneDNN spent about 130 ms of a batch's
+backward pass on the 512->512 3x3 convolution's weight gradient alone (under 40 GFLOP/s,
+ONEDNN_VERBOSE), while oneDNN's AMX matrix multiplication runs the same products at several
+hundred GFLOP/s. Maps of at most 7x7 (layers 3 and 4 at 112 px) switch; layers 1 and 2 stay
+with oneDNN, which is faster there. `python -m bench.run --convs` times every convolution both
+ways on your machine; a whole training step at 112 px took 18 to 25% less time here.
 
 The product is the convolution's definition, so only the rounding differs from
 torch.nn.functional.conv2d: inputs and weights in bf16, sums in fp32, as autocast's
