@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from stages.gemm_conv import use_small_map_convs
+from stages.resnet import resnet18
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS_FILE = "params.yaml"
@@ -363,10 +364,12 @@ class Float32Head(torch.nn.Linear):
 def build_model(n_classes=N_CLASSES):
     """torchvision resnet18(weights=None) with fc replaced by Linear(512, n_classes) (seed 000).
 
-    Its convolutions on small maps compute as one matrix product under CPU bf16 autocast
-    (stages/gemm_conv.py: same parameters and state dict; training steps 18 to 25% faster here).
+    The network is stages/resnet.py's copy of torchvision's (bit-identical weights for a seed,
+    without torchvision's import cost). Its convolutions on small maps compute as one matrix
+    product under CPU bf16 autocast (stages/gemm_conv.py: same parameters and state dict;
+    training steps 18 to 25% faster here).
     """
-    model = torchvision_models().resnet18(weights=None)
+    model = resnet18()
     model.fc = Float32Head(model.fc.in_features, n_classes)
     return use_small_map_convs(model)
 
