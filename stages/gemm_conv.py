@@ -74,23 +74,31 @@ class _GemmConv2d(torch.autograd.Function):
         chunks = _image_chunks(n, positions * patch * x.element_size())
         grad_x = grad_weight = None
         if ctx.needs_input_grad[1]:
-            # patches are recomputed, not saved; the chunks' products are summed in fp32 (or the
-            # input's dtype where that is wider)
+            # One product per kernel tap over the whole batch: grad_w[:, :, i, j] = grad_y^T @ (x
+            # shifted by tap i, j). Each product sums every sample in one call (for bf16: fp32
+            # sums, rounded once, as oneDNN's weight gradient does), and a tap's input is only
+            # 1/k^2 of the whole-batch patches. On layer 4 this took 10-20% less time than
+            # summing per-chunk products of whole patches.
             x_nhwc = x.permute(0, 2, 3, 1)
-            accumulate = torch.promote_types(x.dtype, torch.float32)
-            grad_weight = torch.zeros(c_out, patch, dtype=accumulate)
-            for first, last in chunks:
-                patches = _im2col(x_nhwc[first:last], kernel, stride, padding, out_h, out_w).reshape(-1, patch)
-                grad_weight += (grad_rows[first * positions:last * positions].T @ patches).to(accumulate)
-            grad_weight = grad_weight.to(weight.dtype).view(c_out, kernel, kernel, c).permute(0, 3, 1, 2)
+            if padding:
+                x_nhwc = F.pad(x_nhwc, (0, 0, padding, padding, padding, padding))
+            rows, cols = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
+            grad_taps = torch.empty(kernel, kernel, c_out, c, dtype=x.dtype)
+            for i in range(kernel):
+                for j in range(kernel):
+                    tap = x_nhwc[:, i:i + rows:stride, j:j + cols:stride, :].reshape(n * positions, c)
+                    torch.mm(grad_rows.T, tap, out=grad_taps[i, j])
+            grad_weight = grad_taps.permute(2, 3, 0, 1).to(weight.dtype)
         if ctx.needs_input_grad[0] and stride == 1 and 2 * padding == kernel - 1:
             # a size-preserving convolution: grad_x is grad_y convolved with the flipped kernel
-            flipped = weight.flip(2, 3).permute(1, 2, 3, 0).reshape(c, kernel * kernel * c_out)
+            # rows (tap, c_out), columns c: the input channel stays innermost, which makes this copy
+            # 10x faster than a c_out-innermost layout for a channels_last weight
+            flipped = weight.flip(2, 3).permute(2, 3, 0, 1).reshape(kernel * kernel * c_out, c)
             grad_nhwc = grad_y.permute(0, 2, 3, 1)
             grad_x = torch.empty(n * h * w, c, dtype=x.dtype)
             for first, last in _image_chunks(n, h * w * kernel * kernel * c_out * x.element_size()):
-                patches = _im2col(grad_nhwc[first:last], kernel, 1, padding, h, w).reshape(-1, flipped.shape[1])
-                torch.mm(patches, flipped.T, out=grad_x[first * h * w:last * h * w])
+                patches = _im2col(grad_nhwc[first:last], kernel, 1, padding, h, w).reshape(-1, flipped.shape[0])
+                torch.mm(patches, flipped, out=grad_x[first * h * w:last * h * w])
             grad_x = grad_x.view(n, h, w, c).permute(0, 3, 1, 2)
         elif ctx.needs_input_grad[0]:
             # strided: scatter each tap's share back onto the (padded) input, summing in fp32
