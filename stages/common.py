@@ -169,7 +169,6 @@ def run_stage(main):
     """Run a stage's main(); a PipelineError becomes one line on stderr and exit status 2."""
     import resource
     start = time.perf_counter()
-    map_large_blocks()
     try:
         main()
     except PipelineError as exc:
@@ -457,32 +456,6 @@ def set_threads(threads):
     return torch.get_num_threads()
 
 
-# Allocations of at least this many bytes get their own memory mapping (see map_large_blocks).
-MMAP_THRESHOLD_BYTES = 8 << 20
-
-
-def _libc():
-    import ctypes
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:   # not glibc
-        return None
-
-
-def map_large_blocks():
-    """Have glibc serve every block of MMAP_THRESHOLD_BYTES or more from its own mapping.
-
-    By default glibc raises that threshold whenever a large block is freed, up to 32 MiB; a
-    training step's activations (12.8 MB each in layer 1 at the defaults) then come from the
-    heap, whose freed holes are kept and fragment it, and the train stage peaked 110-120 MiB
-    higher. A mapped block goes back to the OS when freed. Steps were no slower (interleaved
-    A/B in one process, 8 against 32 MiB). Called once per stage by run_stage.
-    """
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(-3, MMAP_THRESHOLD_BYTES)   # -3: M_MMAP_THRESHOLD in malloc.h
-
-
 def release_free_memory():
     """Hand the C heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing).
 
@@ -491,9 +464,11 @@ def release_free_memory():
     heap grows instead: calling this before each evaluation took 40-110 MiB off the training
     stage's peak here, for a few milliseconds.
     """
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc
+        pass
 
 
 def seed_everything(seed):

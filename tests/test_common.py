@@ -173,19 +173,3 @@ def test_release_free_memory_returns_freed_heap_pages():
             "before = rss(); common.release_free_memory(); print(before - rss())")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert float(out.stdout) > 150, f"only {out.stdout.strip()} MiB released"
-
-
-def test_map_large_blocks_keeps_large_tensors_off_the_heap():
-    # A fresh interpreter: freeing a 20 MiB block raises glibc's dynamic threshold above 9 MiB,
-    # so a 9 MiB tensor would come from the heap; after map_large_blocks it is mapped on its own.
-    code = ("import ctypes, torch; from stages import common\n"
-            "class Info(ctypes.Structure): _fields_ = [(n, ctypes.c_size_t) for n in "
-            "('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks', 'uordblks', 'fordblks', 'keepcost')]\n"
-            "libc = ctypes.CDLL('libc.so.6'); libc.mallinfo2.restype = Info\n"
-            "big = torch.empty(20 << 20, dtype=torch.uint8); del big\n"
-            "import sys; setup = sys.argv[1] == 'on'\n"
-            "common.map_large_blocks() if setup else None\n"
-            "before = libc.mallinfo2().hblks; t = torch.empty(9 << 20, dtype=torch.uint8); print(libc.mallinfo2().hblks - before)")
-    counts = [subprocess.run([sys.executable, "-c", code, mode], cwd=ROOT, capture_output=True, text=True,
-                             check=True).stdout.strip() for mode in ("off", "on")]
-    assert counts == ["0", "1"]
