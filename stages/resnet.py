@@ -1,16 +1,16 @@
 """ResNet18 exactly as torchvision builds it, without importing torchvision.
 
 Why: `import torchvision` pulls in torch._dynamo and sympy through torchvision.ops (about
-1.3 s and 90 MiB per process here), and only two stages need a model. This file is
+1.4 s and 85 MiB per process here), and only two stages need a model. This file is
 torchvision's resnet18 (torchvision/models/resnet.py: BasicBlock, [2, 2, 2, 2]) cut down to
 what resnet18 uses: same modules, same state-dict keys, same forward. Modules are created in
 torchvision's order and initialised the same way, so the same seed gives bit-identical
-initial weights; tests/test_common.py checks weights and outputs against torchvision itself.
+initial weights; tests/test_resnet.py checks weights, outputs and gradients against
+torchvision itself.
 """
 import torch
 from torch import nn
 
-STAGE_CHANNELS = (64, 128, 256, 512)
 TORCHVISION_CLASSES = 1000
 
 
@@ -53,6 +53,8 @@ class ResNet18(nn.Module):
         self.layer3 = _stage(128, 256, 2)
         self.layer4 = _stage(256, 512, 2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        # torchvision's default 1000-way head; build_model replaces it, and drawing its initial
+        # values here keeps the random stream where torchvision leaves it
         self.fc = nn.Linear(512, n_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
