@@ -44,3 +44,38 @@ def test_building_the_model_does_not_import_torchvision():
             "print('torchvision' in sys.modules, 'torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_stem_matches_torchvision_bit_for_bit_in_bf16_channels_last():
+    # the pipeline trains in bf16 autocast with channels_last; the reordered stem and its
+    # max-pool (indices only) must give torchvision's values and gradients there too
+    torch.manual_seed(0)
+    ours = resnet18().train().to(memory_format=torch.channels_last)
+    reference = torchvision_models().resnet18(weights=None).train().to(memory_format=torch.channels_last)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.rand(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, out_ref = ours(x), reference(x)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, out_ref)
+    weights = torch.randn(out.shape)
+    (out.float() * weights).sum().backward()
+    (out_ref.float() * weights).sum().backward()
+    for (name, p), p_ref in zip(ours.named_parameters(), reference.parameters()):
+        assert torch.equal(p.grad, p_ref.grad), name
+
+
+def test_max_pool_keeps_only_its_indices_for_backward():
+    from stages.resnet import MaxPool2d
+    saved = []
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = MaxPool2d(3, 2, 1)(x)
+    assert [t.dtype for t in saved] == [torch.int64]
+    grad = torch.randn(out.shape)
+    out.backward(grad)
+    x_ref = x.detach().clone().requires_grad_()
+    torch.nn.MaxPool2d(3, 2, 1)(x_ref).backward(grad)
+    assert torch.equal(out, torch.nn.functional.max_pool2d(x.detach(), 3, 2, 1))
+    assert torch.equal(x.grad, x_ref.grad)
+    with torch.no_grad():   # no graph, no custom function
+        assert torch.equal(MaxPool2d(3, 2, 1)(x), out)
