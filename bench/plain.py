@@ -3,7 +3,7 @@
 One script, eager fp32, NCHW, all resized images held as float32 with three channels, and
 the ROF sweep as one masked matrix product per n_units. Same data, seed and initialisation
 as the pipeline's default params, so the accuracies are comparable.
-Usage: python -m bench.plain [train_size test_size image_size epochs [seed]]
+Usage: python -m bench.plain [train_size test_size image_size epochs [seed [lr_schedule]]]
 """
 import json
 import sys
@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from stages.common import torchvision_models
 from stages.mnist import load_packaged, resize_uint8
 from stages.rof import retrieval_curves_loop, unit_order
+from stages.train import learning_rate
 
 
-def main(train_size=5000, test_size=1000, image_size=112, epochs=3, batch_size=128, lr=1e-3, seed=0):
+def main(train_size=5000, test_size=1000, image_size=112, epochs=3, batch_size=128, lr=1e-3, seed=0,
+         lr_schedule="constant"):
     timings = {}
     start = time.perf_counter()
     splits = load_packaged()
@@ -36,11 +38,14 @@ def main(train_size=5000, test_size=1000, image_size=112, epochs=3, batch_size=1
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     x, y = data["train"]
+    n_steps, step = epochs * ((len(y) + batch_size - 1) // batch_size), 0
     for _ in range(epochs):
         model.train()
         permutation = torch.randperm(len(y), generator=generator)
         for i in range(0, len(y), batch_size):
             batch = permutation[i:i + batch_size]
+            optimizer.param_groups[0]["lr"] = learning_rate(step, n_steps, lr, lr_schedule)
+            step += 1
             loss = F.cross_entropy(model(x[batch]), y[batch])
             optimizer.zero_grad()
             loss.backward()
@@ -74,4 +79,5 @@ def main(train_size=5000, test_size=1000, image_size=112, epochs=3, batch_size=1
 
 if __name__ == "__main__":
     sizes = list(map(int, sys.argv[1:5]))
-    main(*sizes, **({"seed": int(sys.argv[5])} if len(sys.argv) > 5 else {}))
+    main(*sizes, **({"seed": int(sys.argv[5])} if len(sys.argv) > 5 else {}),
+         **({"lr_schedule": sys.argv[6]} if len(sys.argv) > 6 else {}))

@@ -49,6 +49,16 @@ def measured(command, cwd):
     return float(wall), int(rss_kib) / 1024, result.stdout, "\n".join(err)
 
 
+def plain_args(params):
+    """bench/plain.py's command line for these params: the same sizes, epochs, seed and schedule
+    (batch size 128 and lr 0.001 are its fixed recipe)."""
+    if (params["train"]["batch_size"], params["train"]["lr"]) != (128, 0.001):
+        raise SystemExit("bench: the plain implementation trains at batch 128 and lr 0.001; "
+                         "set train.batch_size and train.lr to those to compare")
+    return [str(params["data"][k]) for k in ("train_size", "test_size", "image_size")] + \
+        [str(params["train"][k]) for k in ("epochs", "seed", "lr_schedule")]
+
+
 def make_repo(params):
     repo = Path(tempfile.mkdtemp(prefix="rof-bench-"))
     shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
@@ -103,11 +113,9 @@ def main():
     parser.add_argument("--seeds", type=lambda text: [int(v) for v in text.split(",")])
     args = parser.parse_args()
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    plain_args = []
     if args.quick:
         params["data"].update(train_size=300, test_size=200, image_size=32)
         params["train"]["epochs"] = 1
-        plain_args = ["300", "200", "32", "1"]
     lines = [f"# Benchmark ({'quick' if args.quick else 'default params'}), torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads", ""]
 
@@ -120,7 +128,7 @@ def main():
     if args.convs:
         print("\n".join(lines + conv_lines(params["data"]["image_size"], params["train"]["batch_size"])))
         return
-    plain_wall, plain_rss, plain_out, _ = measured([sys.executable, "-m", "bench.plain", *plain_args], ROOT)
+    plain_wall, plain_rss, plain_out, _ = measured([sys.executable, "-m", "bench.plain", *plain_args(params)], ROOT)
     plain = json.loads(plain_out.strip().splitlines()[-1])
     repo, wall, stages, accuracy = run_pipeline(params)
     peak = max(m for _, m in stages.values())
@@ -167,12 +175,11 @@ def seed_lines(params, seeds):
     lines = ["| train seed | plain test accuracy | pipeline test accuracy | plain wall s | pipeline wall s |",
              "|---:|---:|---:|---:|---:|"]
     results = []
-    sizes = [str(params["data"][k]) for k in ("train_size", "test_size", "image_size")] + [str(params["train"]["epochs"])]
     for seed in seeds:
-        plain_wall, _, plain_out, _ = measured([sys.executable, "-m", "bench.plain", *sizes, str(seed)], ROOT)
-        plain = json.loads(plain_out.strip().splitlines()[-1])["test_accuracy"]
         seeded = json.loads(json.dumps(params))
         seeded["train"]["seed"] = seed
+        plain_wall, _, plain_out, _ = measured([sys.executable, "-m", "bench.plain", *plain_args(seeded)], ROOT)
+        plain = json.loads(plain_out.strip().splitlines()[-1])["test_accuracy"]
         repo, wall, _, accuracy = run_pipeline(seeded)
         shutil.rmtree(repo)
         results.append((plain, accuracy))

@@ -97,6 +97,7 @@ SCHEMA = {
         "epochs": int_range(1, 1000),
         "batch_size": int_range(2, 65536),
         "lr": float_range(0, 10, lo_open=True),
+        "lr_schedule": choice("constant", "cosine"),
         "seed": SEED,
         "device": DEVICE,
         "precision": PRECISION,

@@ -30,7 +30,8 @@ STUDY_SCHEMA = {
         "train_size": SCHEMA["data"]["train_size"], "test_size": SCHEMA["data"]["test_size"],
         "selection": SCHEMA["data"]["selection"], "image_size": SCHEMA["data"]["image_size"],
         "epochs": SCHEMA["train"]["epochs"], "batch_size": SCHEMA["train"]["batch_size"],
-        "lr": SCHEMA["train"]["lr"], "device": SCHEMA["train"]["device"],
+        "lr": SCHEMA["train"]["lr"], "lr_schedule": SCHEMA["train"]["lr_schedule"],
+        "device": SCHEMA["train"]["device"],
         "precision": SCHEMA["train"]["precision"], "threads": SCHEMA["train"]["threads"],
         "eval_batch_size": SCHEMA["train"]["eval_batch_size"],
         "turning_point": SCHEMA["rof"]["turning_point"],
@@ -70,7 +71,8 @@ def run_cell(params, label_noise, seed, splits):
     seed_everything(seed)
     model = build_model().to(device).to(memory_format=torch.channels_last)
     history = train_model(model, subsets["train"], subsets["test"], epochs=params["epochs"],
-                          batch_size=params["batch_size"], lr=params["lr"], seed=seed, device=device,
+                          batch_size=params["batch_size"], lr=params["lr"],
+                          lr_schedule=params["lr_schedule"], seed=seed, device=device,
                           precision=precision, eval_batch_size=params["eval_batch_size"])
     state = model.state_dict()
     weight, bias = state["fc.weight"].detach().cpu(), state["fc.bias"].detach().cpu()

@@ -51,7 +51,7 @@ def test_study_params_are_validated():
 TINY_STUDY = {
     "grid": {"label_noise": [0.0, 0.6], "seeds": [0, 1]},
     "run": {"train_size": 200, "test_size": 100, "selection": "first", "image_size": 32, "epochs": 2,
-            "batch_size": 50, "lr": 0.001, "device": "auto", "precision": "auto", "threads": "auto",
+            "batch_size": 50, "lr": 0.001, "lr_schedule": "cosine", "device": "auto", "precision": "auto", "threads": "auto",
             "eval_batch_size": 100, "turning_point": "tolerance", "acc_tolerance": 0.005, "loss_tolerance": 0.01},
 }
 

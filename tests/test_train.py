@@ -14,7 +14,7 @@ def tiny_model_and_data(project):
 
 def run_training(project, **overrides):
     model, subsets = tiny_model_and_data(project)
-    settings = dict(epochs=1, batch_size=50, lr=1e-3, seed=0, device=torch.device("cpu"), precision="fp32",
+    settings = dict(epochs=1, batch_size=50, lr=1e-3, lr_schedule="constant", seed=0, device=torch.device("cpu"), precision="fp32",
                     eval_batch_size=100)
     settings.update(overrides)
     history = train.train_model(model, subsets["train"], subsets["test"], **settings)
@@ -40,8 +40,8 @@ def test_nan_loss_stops_with_a_clear_error(project):
     with torch.no_grad():
         model.fc.bias.fill_(float("nan"))
     try:
-        train.train_model(model, subsets["train"], subsets["test"], epochs=1, batch_size=50, lr=1e-3, seed=0,
-                          device=torch.device("cpu"), precision="fp32", eval_batch_size=100)
+        train.train_model(model, subsets["train"], subsets["test"], epochs=1, batch_size=50, lr=1e-3,
+                          lr_schedule="constant", seed=0, device=torch.device("cpu"), precision="fp32", eval_batch_size=100)
     except PipelineError as exc:
         assert "the loss became nan at epoch 1, batch 1; no checkpoint written; lower 'train.lr'" in str(exc)
     else:
@@ -73,3 +73,29 @@ def test_stage_rejects_corrupt_prepared_data(project, capsys):
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     assert run_main(train.main) == 2
     assert "data/prepared/train.pt: corrupt or not a prepared MNIST subset" in capsys.readouterr().err
+
+
+def test_learning_rate_schedules():
+    lr, n_steps = 0.002, 8
+    assert [train.learning_rate(s, n_steps, lr, "constant") for s in range(n_steps)] == [lr] * n_steps
+    cosine = [train.learning_rate(s, n_steps, lr, "cosine") for s in range(n_steps)]
+    # half a cosine period over the run: full rate first, half at the middle, near 0 (not 0) last
+    assert cosine[0] == lr and abs(cosine[4] - lr / 2) < 1e-15
+    assert abs(cosine[-1] - lr * (1 + torch.cos(torch.tensor(7 / 8 * torch.pi, dtype=torch.float64))) / 2) < 1e-15
+    assert all(a > b > 0 for a, b in zip(cosine, cosine[1:]))
+
+
+def test_cosine_schedule_reaches_the_optimizer(project, monkeypatch):
+    # 2 epochs of 300 images at batch 50: 12 steps, each at its own rate
+    model, subsets = tiny_model_and_data(project)
+    rates = []
+    original_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    train.train_model(model, subsets["train"], subsets["test"], epochs=2, batch_size=50, lr=1e-3,
+                      lr_schedule="cosine", seed=0, device=torch.device("cpu"), precision="fp32",
+                      eval_batch_size=100)
+    assert rates == [train.learning_rate(s, 12, 1e-3, "cosine") for s in range(12)]
