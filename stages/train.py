@@ -1,5 +1,6 @@
 """Stage train: torchvision resnet18(weights=None), fc = Linear(512, 10), trained on the
-prepared training subset with Adam and cross-entropy (seed 000's recipe).
+prepared training subset with Adam and cross-entropy (seed 000's recipe), its learning rate
+decayed along half a cosine by default (`train.lr_schedule`; `constant` is the seed's).
 
 Reads params `train` and data/prepared/{train,test}.pt; writes artifacts/train/model.pt
 (state dict plus what rebuilds the model), artifacts/train/history.csv (per epoch: loss,
