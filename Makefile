@@ -18,8 +18,9 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	python -m pytest -q tests
 
+# plain and pipeline twice each, alternating (about 26 minutes on 2 cores); see README
 bench: $(VENV)/.installed
-	python -m bench.run
+	python -m bench.run --repeats 2
 
 # The generalization study (study/dvc.yaml; profile in study/params.yaml).
 study: $(VENV)/.installed

@@ -2,9 +2,12 @@
 
 Prints (and writes to bench/out/results.md) a table of wall time, peak resident memory and
 accuracy with ratios, the ROF sweep against the per-n_units loop, and DVC's rerun times.
-Usage: python -m bench.run [--quick] [--fp32]
+Usage: python -m bench.run [--quick] [--fp32] [--repeats N]
   --quick  tiny sizes (a smoke test of the benchmark itself, numbers mean nothing)
   --fp32   also run the pipeline with fp32 precision, to show what bf16 buys
+  --repeats N  run plain and pipeline N times each, in ABBA order (plain, pipeline, pipeline,
+           plain, ...), and take the ratios of the medians: this machine's speed drifts by 10 to
+           20% within minutes, and alternating cancels a steady drift between the two
   --sweep-only  only the ROF sweep measurements (seconds)
   --seeds 1,2  only test accuracy (and wall time) of plain and pipeline for these training
            seeds: one seed's accuracy after 3 epochs swings by points with any change in numerics
@@ -79,6 +82,49 @@ def run_pipeline(params):
     return repo, wall, stages, metrics["baseline_accuracy"]
 
 
+def abba_order(repeats):
+    """Which run comes when: plain, pipeline, then pipeline, plain, and so on."""
+    if repeats < 1:
+        raise SystemExit(f"bench: --repeats is {repeats}; it must be at least 1")
+    return [kind for i in range(repeats) for kind in (("plain", "pipeline") if i % 2 == 0 else ("pipeline", "plain"))]
+
+
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def run_lines(runs):
+    """The table of every run, the ratios of the medians, the per-pair wall ratios and the
+    pipeline's stages (medians over its runs; peak RSS the largest)."""
+    plain, pipeline = runs["plain"], runs["pipeline"]
+    lines = ["| run | wall s | peak RSS MiB | test accuracy |", "|---|---:|---:|---:|"]
+    for i, (p, q) in enumerate(zip(plain, pipeline)):
+        pair = [("plain (fp32, NCHW, float32 images, loop sweep)", p, ""),
+                ("pipeline `dvc repro` from scratch", q, " (largest stage)")]
+        for name, run, note in (pair if i % 2 == 0 else pair[::-1]):
+            lines.append(f"| {name} | {run['wall']:.1f} | {run['rss']:.0f}{note} | {run['test_accuracy']:.4f} |")
+    wall_ratio = median([r["wall"] for r in pipeline]) / median([r["wall"] for r in plain])
+    rss_ratio = max(r["rss"] for r in pipeline) / median([r["rss"] for r in plain])
+    accuracy_gap = pipeline[-1]["test_accuracy"] - plain[-1]["test_accuracy"]
+    label = "ratio pipeline / plain" + (" (medians; memory: largest pipeline peak)" if len(plain) > 1 else "")
+    lines += [f"| {label} | {wall_ratio:.2f} | {rss_ratio:.2f} | {accuracy_gap * 100:+.1f} points |", ""]
+    if len(plain) > 1:
+        lines += ["Wall time ratio per pair (in run order): " +
+                  ", ".join(f"{q['wall'] / p['wall']:.2f}" for p, q in zip(plain, pipeline)) +
+                  "; test accuracy the same in every repeat: " +
+                  str(len({r["test_accuracy"] for r in plain}) == 1 and len({r["test_accuracy"] for r in pipeline}) == 1),
+                  ""]
+    parts = {k: median([r[k] for r in plain]) for k in plain[0] if k.endswith("_s")}
+    lines += ["Plain run's parts (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in parts.items()),
+              "", "| stage | wall s | peak RSS MiB |", "|---|---:|---:|"]
+    for name in pipeline[0]["stages"]:
+        lines.append(f"| {name} | {median([r['stages'][name][0] for r in pipeline]):.1f} | "
+                     f"{max(r['stages'][name][1] for r in pipeline)} |")
+    return lines + [""]
+
+
 def best_of(repeats, fn):
     """(fastest wall time, last result) over `repeats` calls: the least disturbed measurement."""
     times = []
@@ -108,6 +154,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--fp32", action="store_true")
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--sweep-only", action="store_true")
     parser.add_argument("--convs", action="store_true")
     parser.add_argument("--seeds", type=lambda text: [int(v) for v in text.split(",")])
@@ -128,24 +175,29 @@ def main():
     if args.convs:
         print("\n".join(lines + conv_lines(params["data"]["image_size"], params["train"]["batch_size"])))
         return
-    plain_wall, plain_rss, plain_out, _ = measured([sys.executable, "-m", "bench.plain", *plain_args(params)], ROOT)
-    plain = json.loads(plain_out.strip().splitlines()[-1])
-    repo, wall, stages, accuracy = run_pipeline(params)
-    peak = max(m for _, m in stages.values())
-    lines += ["| run | wall s | peak RSS MiB | test accuracy |", "|---|---:|---:|---:|",
-              f"| plain (fp32, NCHW, float32 images, loop sweep) | {plain_wall:.1f} | {plain_rss:.0f} | "
-              f"{plain['test_accuracy']:.4f} |",
-              f"| pipeline `dvc repro` from scratch | {wall:.1f} | {peak:.0f} (largest stage) | {accuracy:.4f} |",
-              f"| ratio pipeline / plain | {wall / plain_wall:.2f} | {peak / plain_rss:.2f} | "
-              f"{(accuracy - plain['test_accuracy']) * 100:+.1f} points |", ""]
-    lines += ["Plain run's parts (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in plain.items() if k.endswith("_s")),
-              "", "| stage | wall s | peak RSS MiB |", "|---|---:|---:|"]
-    lines += [f"| {name} | {s:.1f} | {m} |" for name, (s, m) in stages.items()] + [""]
+    runs = {"plain": [], "pipeline": []}
+    repo = None
+    for kind in abba_order(args.repeats):
+        if kind == "plain":
+            wall_s, rss, out, _ = measured([sys.executable, "-m", "bench.plain", *plain_args(params)], ROOT)
+            runs["plain"].append({"wall": wall_s, "rss": rss, **json.loads(out.strip().splitlines()[-1])})
+        else:
+            if repo is not None:
+                shutil.rmtree(repo)
+            repo, wall_s, stages, accuracy = run_pipeline(params)
+            runs["pipeline"].append({"wall": wall_s, "rss": max(m for _, m in stages.values()),
+                                     "test_accuracy": accuracy, "stages": stages})
+        print(f"bench: {kind} {runs[kind][-1]['wall']:.1f} s", file=sys.stderr)
+    lines += run_lines(runs)
+    wall = median([r["wall"] for r in runs["pipeline"]])
+    accuracy = runs["pipeline"][-1]["test_accuracy"]
+    stages = runs["pipeline"][-1]["stages"]
     if args.fp32:
         fp32 = json.loads(json.dumps(params))
         for section in ("train", "extract_features"):
             fp32[section]["precision"] = "fp32"
-        _, wall32, stages32, accuracy32 = run_pipeline(fp32)
+        repo32, wall32, stages32, accuracy32 = run_pipeline(fp32)
+        shutil.rmtree(repo32)
         lines += ["| precision | dvc repro wall s | train s | extract_features s | test accuracy |",
                   "|---|---:|---:|---:|---:|",
                   f"| bf16 (auto here) | {wall:.1f} | {stages['train'][0]:.1f} | {stages['extract_features'][0]:.1f} "

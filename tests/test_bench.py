@@ -1,0 +1,48 @@
+"""bench/run.py's bookkeeping: the ABBA run order and the ratios it reports (the runs themselves
+are `make bench`, too slow for a test)."""
+import pytest
+
+from bench.run import abba_order, median, run_lines
+
+
+def test_abba_order_alternates_which_comes_first():
+    assert abba_order(1) == ["plain", "pipeline"]
+    assert abba_order(2) == ["plain", "pipeline", "pipeline", "plain"]
+    assert abba_order(3) == ["plain", "pipeline", "pipeline", "plain", "plain", "pipeline"]
+    with pytest.raises(SystemExit, match="--repeats"):
+        abba_order(0)
+
+
+def test_median():
+    assert median([3.0]) == 3.0
+    assert median([5.0, 1.0, 3.0]) == 3.0
+    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
+
+
+def fake_runs():
+    plain = [{"wall": 400.0, "rss": 2600.0, "test_accuracy": 0.97, "data_s": 3.0, "train_s": 350.0},
+             {"wall": 500.0, "rss": 2700.0, "test_accuracy": 0.97, "data_s": 5.0, "train_s": 450.0}]
+    pipeline = [{"wall": 210.0, "rss": 1200.0, "test_accuracy": 0.975, "stages": {"train": (180.0, 1200)}},
+                {"wall": 190.0, "rss": 1300.0, "test_accuracy": 0.975, "stages": {"train": (160.0, 1300)}}]
+    return {"plain": plain, "pipeline": pipeline}
+
+
+def test_run_lines_lists_runs_in_order_and_takes_ratios_of_medians():
+    text = "\n".join(run_lines(fake_runs()))
+    rows = [line for line in text.splitlines() if line.startswith("| plain") or line.startswith("| pipeline")]
+    # run order: plain, pipeline, pipeline, plain
+    assert [row.split(" ")[1] for row in rows] == ["plain", "pipeline", "pipeline", "plain"]
+    assert "| 500.0 |" in rows[3] and "| 190.0 |" in rows[2]
+    # wall: median 200 / median 450; memory: largest pipeline peak 1300 / median plain 2650
+    assert f"| {200 / 450:.2f} | {1300 / 2650:.2f} | +0.5 points |" in text
+    assert "per pair (in run order): 0.53, 0.38" in text
+    assert "same in every repeat: True" in text
+    assert "data 4.0, train 400.0" in text
+    assert "| train | 170.0 | 1300 |" in text
+
+
+def test_run_lines_single_pair_has_no_pair_summary():
+    runs = {kind: rs[:1] for kind, rs in fake_runs().items()}
+    text = "\n".join(run_lines(runs))
+    assert "per pair" not in text
+    assert f"| ratio pipeline / plain | {210 / 400:.2f} | {1200 / 2600:.2f} |" in text
