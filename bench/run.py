@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 import torch
 import yaml
@@ -87,12 +88,6 @@ def abba_order(repeats):
     if repeats < 1:
         raise SystemExit(f"bench: --repeats is {repeats}; it must be at least 1")
     return [kind for i in range(repeats) for kind in (("plain", "pipeline") if i % 2 == 0 else ("pipeline", "plain"))]
-
-
-def median(values):
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def run_lines(runs):
