@@ -29,6 +29,28 @@ def test_training_is_seeded(project):
         assert torch.equal(a, b), name
 
 
+def test_no_uninitialised_memory_is_read(project):
+    """seed_everything turns off deterministic mode's NaN-filling of new tensors (a whole pass
+    over every activation); that is safe only if nothing reads memory before writing it. With
+    the filling on, any such read would put NaN into the weights; here both train the same bits
+    (bf16, which takes the matrix-product convolutions and the max-pool's stand-in)."""
+    trained = {}
+    for fill in (False, True):
+        model, subsets = tiny_model_and_data(project)
+        assert torch.utils.deterministic.fill_uninitialized_memory is False   # seed_everything's choice
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        try:
+            history = train.train_model(model, subsets["train"], subsets["test"], epochs=1, batch_size=50, lr=1e-3,
+                                        lr_schedule="constant", seed=0, device=torch.device("cpu"),
+                                        precision="bf16", eval_batch_size=100)
+        finally:
+            torch.utils.deterministic.fill_uninitialized_memory = False
+        trained[fill] = (history, model.state_dict())
+    assert trained[False][0] == trained[True][0]
+    for name, value in trained[False][1].items():
+        assert torch.equal(value, trained[True][1][name]), name
+
+
 def test_training_learns(project):
     _, history = run_training(project, epochs=3, lr=3e-3)
     assert history[-1]["loss"] < history[0]["loss"]
