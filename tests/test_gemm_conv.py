@@ -98,3 +98,28 @@ def test_threshold_is_a_count_of_output_positions(monkeypatch):
         assert not conv.uses_gemm(x)
         monkeypatch.setattr(gemm_conv, "MAX_POSITIONS", 16)
         assert conv.uses_gemm(x)
+
+
+def test_bf16_weight_is_kept_only_without_gradients_and_follows_updates():
+    conv, x = conv_at(4, c=16)
+    optimizer = torch.optim.Adam(conv.parameters(), lr=0.1, fused=True)
+
+    def evaluate():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return conv(x)
+
+    for _ in range(2):
+        y = evaluate()
+        assert conv._bf16_cache is not None and torch.equal(conv._bf16_cache[1], conv.weight.to(torch.bfloat16))
+        assert torch.equal(evaluate(), y)                    # kept: the same bits again
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = conv(x).float().square().sum()
+        assert conv._bf16_cache is None                     # training keeps no copy
+        loss.backward()
+        optimizer.step()                                    # in place: the cache must notice
+        y_after = evaluate()
+        expected = gemm_conv2d(x.to(torch.bfloat16), conv.weight.to(torch.bfloat16), 1, 1)
+        assert torch.equal(y_after, expected) and not torch.equal(y_after, y)
+    state = {"weight": torch.rand_like(conv.weight)}
+    conv.load_state_dict(state)                             # also in place
+    assert torch.equal(evaluate(), gemm_conv2d(x.to(torch.bfloat16), state["weight"].to(torch.bfloat16), 1, 1))
