@@ -108,16 +108,54 @@ def test_learning_rate_schedules():
 
 
 def test_cosine_schedule_reaches_the_optimizer(project, monkeypatch):
-    # 2 epochs of 300 images at batch 50: 12 steps, each at its own rate
+    # 2 epochs of 300 images at batch 50: 12 steps, each at its own rate, for every parameter's optimizer
     model, subsets = tiny_model_and_data(project)
-    rates = []
+    rates = {}
     original_step = torch.optim.Adam.step
 
     def recording_step(self, *args, **kwargs):
-        rates.append(self.param_groups[0]["lr"])
+        rates.setdefault(id(self), []).append(self.param_groups[0]["lr"])
         return original_step(self, *args, **kwargs)
     monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
     train.train_model(model, subsets["train"], subsets["test"], epochs=2, batch_size=50, lr=1e-3,
                       lr_schedule="cosine", seed=0, device=torch.device("cpu"), precision="fp32",
                       eval_batch_size=100)
-    assert rates == [train.learning_rate(s, 12, 1e-3, "cosine") for s in range(12)]
+    assert len(rates) == len(list(model.parameters()))
+    expected = [train.learning_rate(s, 12, 1e-3, "cosine") for s in range(12)]
+    assert all(got == expected for got in rates.values())
+
+
+def test_step_in_backward_trains_the_same_bits_as_one_optimizer_and_frees_gradients(project):
+    subsets = {name: torch.load(f"data/prepared/{name}.pt", weights_only=True) for name in ("train", "test")}
+    x = subsets["train"]["images"][:50].float().div(255).expand(-1, 3, -1, -1)
+    y = subsets["train"]["labels"][:50]
+    torch.manual_seed(0)
+    reference, model = build_model(), build_model()
+    model.load_state_dict(reference.state_dict())
+    joint = torch.optim.Adam(reference.parameters(), lr=1e-2, fused=True)
+    optimizers, remove_hooks = train.step_in_backward(model, 1e-2, torch.device("cpu"))
+    for step in range(3):
+        rate = 1e-2 / (step + 1)
+        joint.param_groups[0]["lr"] = rate
+        for optimizer in optimizers:
+            optimizer.param_groups[0]["lr"] = rate
+        joint.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(reference(x), y).backward()
+        joint.step()
+        torch.nn.functional.cross_entropy(model(x), y).backward()       # steps as it goes
+        assert all(p.grad is None for p in model.parameters())          # each freed once used
+        for (name, a), b in zip(reference.state_dict().items(), model.state_dict().values()):
+            assert torch.equal(a, b), (step, name)
+    remove_hooks()
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.nn.functional.cross_entropy(model(x), y).backward()            # hooks gone: nothing steps
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_train_model_leaves_no_hooks(project):
+    model, history = run_training(project)
+    x = torch.rand(4, 3, 32, 32)
+    before = [p.detach().clone() for p in model.parameters()]
+    model(x).sum().backward()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
