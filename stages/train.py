@@ -44,7 +44,8 @@ def step_in_backward(model, lr, device):
     treats each parameter on its own, so the weights are bit-identical (tested). Returns the
     optimizers and a function that removes the hooks.
     """
-    # fused: one kernel per parameter (about 4x faster per step than the default on this CPU), same update rule
+    # fused: the same update rule in one kernel per parameter; no slower here than one fused Adam
+    # over all parameters (interleaved A/B, 1.006x), which was about 4x faster than the unfused default
     optimizers, handles = [], []
     for parameter in model.parameters():
         optimizer = torch.optim.Adam([parameter], lr=lr, fused=device.type in ("cpu", "cuda"))
