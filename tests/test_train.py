@@ -154,7 +154,7 @@ def test_step_in_backward_trains_the_same_bits_as_one_optimizer_and_frees_gradie
 
 
 def test_train_model_leaves_no_hooks(project):
-    model, history = run_training(project)
+    model, _ = run_training(project)
     x = torch.rand(4, 3, 32, 32)
     before = [p.detach().clone() for p in model.parameters()]
     model(x).sum().backward()
