@@ -8,6 +8,8 @@ came from (rof_sweep refuses features that do not match the checkpoint it is giv
 """
 from pathlib import Path
 
+import torch
+
 from stages.common import (PipelineError, check_fits, choose_device, choose_precision, forward_features,
                            load_checkpoint, load_params, load_prepared, remove_stale_temps, run_stage,
                            save_torch, set_threads)
@@ -24,7 +26,10 @@ def main():
     precision = choose_precision(params["precision"], device, "extract_features.precision")
     set_threads(params["threads"])
     model, checkpoint = load_checkpoint(CHECKPOINT)
-    model.to(device)
+    # channels_last weights, as the train stage evaluates with: the checkpoint stores contiguous ones,
+    # which the matrix-product convolutions copied into their layout for every batch. In bf16 the
+    # features keep every bit (tested); in fp32 oneDNN picks other kernels (rounding differs).
+    model.to(device, memory_format=torch.channels_last)
     subsets = {name: load_prepared(f"data/prepared/{name}.pt") for name in outputs}
     n_samples = sum(len(s["labels"]) for s in subsets.values())
     check_fits(n_samples * (model.fc.in_features + model.fc.out_features) * 4, OUT_DIR, "the features")

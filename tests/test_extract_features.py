@@ -1,4 +1,6 @@
 """extract_features: the hook captures avgpool, the head reproduces the logits, mismatches refused."""
+import copy
+
 import torch
 
 from conftest import run_main
@@ -17,6 +19,19 @@ def test_features_are_the_avgpool_output(project):
     assert features.shape == (8, 512) and (features >= 0).all()
     assert torch.allclose(features, expected, atol=1e-5)
     assert torch.allclose(logits, model.fc(features), atol=1e-5)
+
+
+def test_the_weight_layout_changes_no_bit(project):
+    """The stage puts the loaded (contiguous) model in channels_last, as training has it. In bf16 that
+    changes no bit; in fp32 oneDNN picks other kernels for the other layout (rounding only)."""
+    model, _ = load_checkpoint("artifacts/train/model.pt")
+    images = torch.load("data/prepared/test.pt", weights_only=True)["images"][:16]
+    for precision in ("fp32", "bf16"):
+        contiguous = forward_features(model, images, 8, torch.device("cpu"), precision)
+        channels_last = forward_features(copy.deepcopy(model).to(memory_format=torch.channels_last), images, 8,
+                                         torch.device("cpu"), precision)
+        same = torch.equal if precision == "bf16" else lambda a, b: torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+        assert all(same(a, b) for a, b in zip(contiguous, channels_last)), precision
 
 
 def test_stage_outputs_match_the_checkpoint(project):
