@@ -21,7 +21,7 @@ def test_features_are_the_avgpool_output(project):
     assert torch.allclose(logits, model.fc(features), atol=1e-5)
 
 
-def test_the_weight_layout_changes_no_bit(project):
+def test_channels_last_weights_keep_every_bf16_bit(project):
     """The stage puts the loaded (contiguous) model in channels_last, as training has it. In bf16 that
     changes no bit; in fp32 oneDNN picks other kernels for the other layout (rounding only)."""
     model, _ = load_checkpoint("artifacts/train/model.pt")
