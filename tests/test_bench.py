@@ -1,8 +1,10 @@
-"""bench/run.py's bookkeeping: the ABBA run order and the ratios it reports (the runs themselves
-are `make bench`, too slow for a test)."""
+"""bench/run.py's bookkeeping: the ABBA run order, the ratios it reports and the sweep timing on a
+tiny input (the full runs are `make bench`, too slow for a test)."""
+import math
+
 import pytest
 
-from bench.run import abba_order, median, run_lines
+from bench.run import abba_order, median, run_lines, sweep_speed
 
 
 def test_abba_order_alternates_which_comes_first():
@@ -46,3 +48,9 @@ def test_run_lines_single_pair_has_no_pair_summary():
     text = "\n".join(run_lines(runs))
     assert "per pair" not in text
     assert f"| ratio pipeline / plain | {210 / 400:.2f} | {1200 / 2600:.2f} |" in text
+
+
+def test_sweep_speed_times_both_and_checks_they_agree():
+    fast_s, slow_s, agree = sweep_speed(200, 16, repeats=2)
+    assert 0 < fast_s < math.inf and 0 < slow_s < math.inf and agree is True
+    assert sweep_speed(200, 16, loop=False, repeats=1)[1:] == (None, None)
