@@ -1,4 +1,4 @@
-"""A plain implementation of seed 000's recipe, the baseline `make bench` compares against.
+"""A plain implementation of the ROF notebook's recipe, the baseline `make bench` compares against.
 
 One script, eager fp32, NCHW, all resized images held as float32 with three channels, and
 the ROF sweep as one masked matrix product per n_units. Same data, seed, initialisation and
@@ -12,10 +12,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from stages.common import torchvision_models
-from stages.mnist import load_packaged, resize_uint8
-from stages.rof import retrieval_curves_loop, unit_order
-from stages.train import learning_rate
+from netunits.data.mnist import load_packaged
+from netunits.data.subsets import resize_uint8
+from netunits.methods.rof import retrieval_curves_loop, unit_order
+from netunits.torchvision_compat import torchvision_models
+from netunits.training import learning_rate
 
 
 def main(train_size=5000, test_size=1000, image_size=112, epochs=3, batch_size=128, lr=1e-3, seed=0,

@@ -12,7 +12,7 @@ Usage: python -m bench.run [--quick] [--fp32] [--repeats N]
   --seeds 1,2  only test accuracy (and wall time) of plain and pipeline for these training
            seeds: one seed's accuracy after 3 epochs swings by points with any change in numerics
   --convs  only ResNet18's convolutions at the default image size and batch: oneDNN against
-           stages/gemm_conv.py's matrix product, forward and backward in bf16 (a minute)
+           netunits/models/gemm_conv.py's matrix product, forward and backward in bf16 (a minute)
 """
 import argparse
 import json
@@ -30,7 +30,7 @@ from statistics import median
 import torch
 import yaml
 
-from stages.rof import retrieval_curves, retrieval_curves_loop
+from netunits.methods.rof import retrieval_curves, retrieval_curves_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -65,8 +65,9 @@ def plain_args(params):
 
 
 def make_repo(params):
-    repo = Path(tempfile.mkdtemp(prefix="rof-bench-"))
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    repo = Path(tempfile.mkdtemp(prefix="netunits-bench-"))
+    for code in ("stages", "netunits"):
+        shutil.copytree(ROOT / code, repo / code, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -256,14 +257,14 @@ def conv_lines(image_size, batch_size, repeats=5):
     """Each distinct convolution of ResNet18 at this image size: oneDNN (autocast conv2d) against
     the matrix product, forward + backward in bf16, best of `repeats` with the two interleaved."""
     import torch.nn.functional as F
-    from stages.gemm_conv import gemm_conv2d
-    from stages.common import build_model
+    from netunits.models.gemm_conv import gemm_conv2d
+    from netunits.models.registry import build_model
     shapes = {}
 
     def record(m, inputs, output):
         key = (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0], inputs[0].shape[2])
         shapes[key] = (output.shape[2], m.uses_gemm(inputs[0]))     # the model's own dispatch rule
-    model = build_model().eval()
+    model = build_model("resnet18", 10).eval()
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d):
             module.register_forward_hook(record)

@@ -1,49 +1,63 @@
-"""Stage extract_features: the 512-d output of model.avgpool (forward hook, eval mode) for the
-training and the test subsets.
+"""Stage extract_features: one value per unit and image (the spatial mean) at each layer of
+extract_features.layers (default avgpool, ResNet's pooled features), for the training and the
+test subsets, by forward hooks in eval mode.
 
 Reads params `extract_features`, artifacts/train/model.pt and data/prepared/{train,test}.pt;
-writes artifacts/features/{train,test}.pt, each a dict with features (fp32 N x 512), logits
-(the model's own fp32 output, N x 10), labels, indices and the sha256 of the checkpoint they
-came from (rof_sweep refuses features that do not match the checkpoint it is given).
+writes artifacts/features/{train,test}.pt, each a dict with features ({layer: fp32 N x units}),
+logits (the model's own fp32 output), labels, indices, clean_labels where the labels carry
+noise, and the sha256 of the checkpoint they came from (rof_sweep refuses features that do not
+match the checkpoint it is given).
 """
-from pathlib import Path
-
 import torch
 
-from stages.common import (PipelineError, check_fits, choose_device, choose_precision, forward_features,
-                           load_checkpoint, load_params, load_prepared, remove_stale_temps, run_stage,
-                           save_torch, set_threads)
+from netunits.activations import pooled_features
+from netunits.data.prepared import load_prepared
+from netunits.errors import PipelineError
+from netunits.files import remove_stale_temps, save_torch
+from netunits.models.registry import load_checkpoint
+from netunits.runtime import (check_fits, choose_device, choose_precision, run_stage, set_threads, stage_args,
+                              stage_params)
 
-CHECKPOINT = Path("artifacts/train/model.pt")
-OUT_DIR = Path("artifacts/features")
 
-
-def main():
-    params = load_params("extract_features")
-    outputs = {name: OUT_DIR / f"{name}.pt" for name in ("train", "test")}
+def main(argv=None):
+    args = stage_args(__doc__.splitlines()[0], argv)
+    params = stage_params("extract_features", args)
+    checkpoint_path = args.run_dir / "artifacts/train/model.pt"
+    out_dir = args.run_dir / "artifacts/features"
+    outputs = {split: out_dir / f"{split}.pt" for split in ("train", "test")}
     remove_stale_temps(*outputs.values())
     device = choose_device(params["device"], "extract_features.device")
     precision = choose_precision(params["precision"], device, "extract_features.precision")
     set_threads(params["threads"])
-    model, checkpoint = load_checkpoint(CHECKPOINT)
-    # channels_last weights, as the train stage evaluates with: the checkpoint stores contiguous ones,
-    # which the matrix-product convolutions copied into their layout for every batch. In bf16 the
-    # features keep every bit (tested); in fp32 oneDNN picks other kernels (rounding differs).
+    model, checkpoint = load_checkpoint(checkpoint_path)
+    # channels_last weights, as training evaluates with: the checkpoint stores contiguous ones,
+    # which the matrix-product convolutions would copy into their layout for every batch. In
+    # bf16 the features keep every bit (tested); in fp32 oneDNN picks other kernels.
     model.to(device, memory_format=torch.channels_last)
-    subsets = {name: load_prepared(f"data/prepared/{name}.pt") for name in outputs}
-    n_samples = sum(len(s["labels"]) for s in subsets.values())
-    check_fits(n_samples * (model.fc.in_features + model.fc.out_features) * 4, OUT_DIR, "the features")
-    for name, path in outputs.items():
-        subset = subsets[name]
+    subsets = {split: load_prepared(args.run_dir / f"data/prepared/{split}.pt") for split in outputs}
+    layers, spec = params["layers"], checkpoint["input"]
+    for split, subset in subsets.items():
         if subset["image_size"] != checkpoint["image_size"]:
-            raise PipelineError(f"data/prepared/{name}.pt: images are {subset['image_size']} px but {CHECKPOINT} "
-                                f"was trained on {checkpoint['image_size']} px; rerun `dvc repro`")
-        features, logits = forward_features(model, subset["images"], params["batch_size"], device, precision, name)
+            raise PipelineError(f"{args.run_dir / 'data/prepared'}/{split}.pt: images are {subset['image_size']} "
+                                f"px but {checkpoint_path} was trained on {checkpoint['image_size']} px; "
+                                f"rerun `dvc repro`")
+    # one image through the hooks: the units per layer, for the size check, and a bad layer name
+    # fails here, before anything is written
+    probe, _ = pooled_features(model, subsets["test"]["images"][:1], layers, 1, device, precision, spec)
+    n_samples = sum(len(s["labels"]) for s in subsets.values())
+    n_values = sum(f.shape[1] for f in probe.values()) + checkpoint["n_classes"]
+    check_fits(n_samples * n_values * 4, out_dir, "the features")
+    for split, path in outputs.items():
+        subset = subsets[split]
+        features, logits = pooled_features(model, subset["images"], layers, params["batch_size"], device,
+                                           precision, spec, split)
         accuracy = float((logits.argmax(1) == subset["labels"]).double().mean())
+        extra = {"clean_labels": subset["clean_labels"]} if "clean_labels" in subset else {}
         save_torch({"features": features, "logits": logits, "labels": subset["labels"],
-                    "indices": subset["indices"], "checkpoint_sha256": checkpoint["sha256"],
+                    "indices": subset["indices"], **extra, "checkpoint_sha256": checkpoint["sha256"],
                     "precision": precision}, path)
-        print(f"{name}: features {tuple(features.shape)} ({precision}), model accuracy {accuracy:.4f}")
+        shapes = ", ".join(f"{name} {tuple(f.shape)}" for name, f in features.items())
+        print(f"{split}: features {shapes} ({precision}), model accuracy {accuracy:.4f}")
 
 
 if __name__ == "__main__":

@@ -1,38 +1,47 @@
-"""Stage prepare_data: MNIST train and test subsets as compact uint8 tensors.
+"""Stage prepare_data: a data set's train and test subsets as compact uint8 tensors.
 
-Reads params `data`; writes data/prepared/{train,test}.pt, each a dict with
-images (uint8 N x 1 x S x S, one grey channel), labels (int64 N), indices (int64 N: positions
-in the official split) and image_size.
+Reads params `data`; writes data/prepared/{train,test}.pt in the prepared format
+(netunits/data/prepared.py): images at data.image_size with the data set's own channels,
+labels (with data.label_noise of the training labels replaced by wrong ones), indices into
+the official split.
 """
 from pathlib import Path
 
-from stages.common import check_fits, load_params, remove_stale_temps, run_stage, save_torch
-from stages.mnist import load_source, resize_uint8, select_indices
+from netunits.data.registry import check_request, get_dataset
+from netunits.data.subsets import corrupt_labels, resize_uint8, select_indices
+from netunits.files import remove_stale_temps, save_torch
+from netunits.runtime import check_fits, run_stage, stage_args, stage_params
 
-OUT_DIR = Path("data/prepared")
-RAW_DIR = Path("data/raw")
-
-
-def prepare_split(images, labels, size, selection, seed, image_size, key):
-    indices = select_indices(labels, size, selection, seed, key)
-    return {"images": resize_uint8(images[indices], image_size), "labels": labels[indices].clone(),
-            "indices": indices, "image_size": image_size}
+RAW_DIR = Path("data/raw")   # where data.source 'torchvision' downloads to (not a DVC output)
 
 
-def main():
-    params = load_params("data")
-    sizes = {"train": params["train_size"], "test": params["test_size"]}
-    outputs = {name: OUT_DIR / f"{name}.pt" for name in sizes}
+def main(argv=None):
+    args = stage_args(__doc__.splitlines()[0], argv)
+    params = stage_params("data", args)
+    spec = get_dataset(params["dataset"])
+    check_request(spec, params)
+    out_dir = args.run_dir / "data/prepared"
+    outputs = {split: out_dir / f"{split}.pt" for split in ("train", "test")}
     remove_stale_temps(*outputs.values())
-    check_fits(sum(sizes.values()) * params["image_size"] ** 2, OUT_DIR, "the prepared images")
-    splits = load_source(params["source"], params["idx_dir"], RAW_DIR)
-    prepared = {name: prepare_split(*splits[name], sizes[name], params["selection"], params["seed"],
-                                    params["image_size"], f"data.{name}_size")
-                for name in sizes}
-    for name, subset in prepared.items():
-        save_torch(subset, outputs[name])
-        counts = subset["labels"].bincount(minlength=10).tolist()
-        print(f"{name}: {len(subset['labels'])} images at {params['image_size']} px, per class {counts}")
+    sizes = {split: params[f"{split}_size"] for split in outputs}
+    check_fits(sum(sizes.values()) * spec.channels * params["image_size"] ** 2, out_dir, "the prepared images")
+    splits = spec.load(params["source"], params["idx_dir"], RAW_DIR)
+    for split, path in outputs.items():
+        images, labels = splits[split]
+        indices = select_indices(labels, sizes[split], params["selection"], params["seed"],
+                                 f"data.{split}_size", spec.n_classes)
+        subset = {"images": resize_uint8(images[indices], params["image_size"]), "labels": labels[indices].clone(),
+                  "indices": indices, "image_size": params["image_size"], "dataset": spec.name,
+                  "n_classes": spec.n_classes}
+        note = ""
+        if split == "train" and params["label_noise"] > 0:
+            subset["clean_labels"] = subset["labels"]
+            subset["labels"], changed = corrupt_labels(subset["labels"], params["label_noise"], params["seed"],
+                                                       spec.n_classes)
+            note = f", {int(changed.sum())} labels replaced by wrong ones"
+        save_torch(subset, path)
+        counts = subset["labels"].bincount(minlength=spec.n_classes).tolist()
+        print(f"{split}: {len(indices)} {spec.name} images at {params['image_size']} px, per class {counts}{note}")
 
 
 if __name__ == "__main__":

@@ -1,142 +1,74 @@
-"""Stage train: torchvision resnet18(weights=None), fc = Linear(512, 10), trained on the
-prepared training subset with Adam and cross-entropy (seed 000's recipe), its learning rate
-decayed along half a cosine by default (`train.lr_schedule`; `constant` is the seed's).
+"""Stage train: a registry architecture (train.arch) trained on the prepared training subset with
+Adam and cross-entropy, the learning rate decayed along half a cosine by default; optionally
+started from a local weights file (train.weights); with train.epochs 0 those weights are the
+model, unchanged.
 
-Reads params `train` and data/prepared/{train,test}.pt; writes artifacts/train/model.pt
-(state dict plus what rebuilds the model), artifacts/train/history.csv (per epoch: loss,
-running train accuracy, test accuracy) and artifacts/metrics/train.json (baseline_accuracy:
-the test subset after training).
+Reads params `train` and data/prepared/{train,test}.pt; writes artifacts/train/model.pt (the
+checkpoint: state dict plus what rebuilds the model, netunits/models), artifacts/train/history.csv
+(per epoch: loss, running train accuracy, test accuracy) and artifacts/metrics/train.json
+(baseline_accuracy: the test subset after training).
 """
-import math
-from pathlib import Path
-
 import torch
 
-from stages.common import (PipelineError, autocast, build_model, choose_device, choose_precision,
-                           forward_features, images_to_input, load_params, load_prepared, progress,
-                           release_free_memory, remove_stale_temps, run_stage, save_torch, seed_everything,
-                           set_threads, write_csv, write_json)
-
-CHECKPOINT = Path("artifacts/train/model.pt")
-HISTORY = Path("artifacts/train/history.csv")
-METRICS = Path("artifacts/metrics/train.json")
-
-
-def accuracy_and_loss(logits, labels):
-    return (float((logits.argmax(1) == labels).double().mean()),
-            float(torch.nn.functional.cross_entropy(logits.double(), labels)))
+from netunits.data.prepared import load_prepared
+from netunits.errors import PipelineError
+from netunits.files import remove_stale_temps, save_torch, write_csv, write_json
+from netunits.models.inputs import check_channels, input_spec
+from netunits.models.registry import build_model, get_architecture, load_weights
+from netunits.runtime import (choose_device, choose_precision, run_stage, seed_everything, set_threads,
+                              stage_args, stage_params)
+from netunits.training import evaluate, train_model
 
 
-def learning_rate(step, n_steps, lr, schedule):
-    """The learning rate for training step `step` (0-based) of `n_steps`: constant, or a
-    half-cosine from `lr` down towards 0 over the whole run (one value per step)."""
-    if schedule == "constant":
-        return lr
-    return lr * 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
-
-
-def step_in_backward(model, lr, device):
-    """One Adam per parameter, each stepped by a hook as soon as the backward pass has finished
-    that parameter's gradient, which is then freed (PyTorch's "optimizer step in backward").
-
-    Why: the train stage's memory peaks in the stem's backward pass, the last one, when every
-    other layer's fp32 gradient (45 MiB) is otherwise still held for one optimizer.step(). Adam
-    treats each parameter on its own, so the weights are bit-identical (tested). Returns the
-    optimizers and a function that removes the hooks.
-    """
-    # fused: the same update rule in one kernel per parameter; no slower here than one fused Adam
-    # over all parameters (interleaved A/B, 1.006x), which was about 4x faster than the unfused default
-    optimizers, handles = [], []
-    for parameter in model.parameters():
-        optimizer = torch.optim.Adam([parameter], lr=lr, fused=device.type in ("cpu", "cuda"))
-
-        def step_and_free(_parameter, optimizer=optimizer):
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        optimizers.append(optimizer)
-        handles.append(parameter.register_post_accumulate_grad_hook(step_and_free))
-    return optimizers, lambda: [handle.remove() for handle in handles]
-
-
-def train_model(model, train, test, *, epochs, batch_size, lr, lr_schedule, seed, device, precision,
-                eval_batch_size):
-    """Train in place; return the history (a list of per-epoch dicts).
-
-    Shuffling uses its own generator seeded by `seed`. A non-finite loss stops training with
-    a PipelineError, so no checkpoint of a diverged model is ever written.
-    """
-    images, labels = train["images"], train["labels"]
-    optimizers, remove_hooks = step_in_backward(model, lr, device)
-    try:
-        return _train_epochs(model, images, labels, test, optimizers, epochs=epochs, batch_size=batch_size, lr=lr,
-                             lr_schedule=lr_schedule, seed=seed, device=device, precision=precision,
-                             eval_batch_size=eval_batch_size)
-    finally:
-        remove_hooks()
-
-
-def _train_epochs(model, images, labels, test, optimizers, *, epochs, batch_size, lr, lr_schedule, seed, device,
-                  precision, eval_batch_size):
-    shuffle = torch.Generator().manual_seed(seed)
-    n_batches = (len(labels) + batch_size - 1) // batch_size
-    history = []
-    for epoch in range(1, epochs + 1):
-        model.train()
-        permutation = torch.randperm(len(labels), generator=shuffle)
-        loss_sum, correct = 0.0, 0
-        for step in progress(range(n_batches), f"epoch {epoch}/{epochs}"):
-            batch = permutation[step * batch_size:(step + 1) * batch_size]
-            y = labels[batch].to(device)
-            # Memory: each gradient is freed as soon as its parameter is stepped (step_in_backward),
-            # and the fp32 input (19 MiB at the defaults) is not kept through the backward pass;
-            # the first convolution saves its own bf16 copy.
-            rate = learning_rate((epoch - 1) * n_batches + step, epochs * n_batches, lr, lr_schedule)
-            for optimizer in optimizers:
-                optimizer.param_groups[0]["lr"] = rate
-            with autocast(device, precision):
-                logits = model(images_to_input(images[batch], device, channels_last=True))
-            loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise PipelineError(f"train: the loss became {loss.item()} at epoch {epoch}, batch {step + 1}; "
-                                    f"no checkpoint written; lower 'train.lr' (now {lr})")
-            loss.backward()                 # steps every parameter on the way (step_in_backward)
-            loss_sum += loss.item() * len(batch)
-            correct += int((logits.argmax(1) == y).sum())
-        # Handing the heap's free pages back keeps the evaluation from growing the heap with its
-        # differently sized tensors.
-        release_free_memory()
-        _, test_logits = forward_features(model, test["images"], eval_batch_size, device, precision, "test")
-        test_accuracy, test_loss = accuracy_and_loss(test_logits, test["labels"])
-        history.append({"epoch": epoch, "loss": loss_sum / len(labels), "train_accuracy": correct / len(labels),
-                        "test_accuracy": test_accuracy, "test_loss": test_loss})
-        print(f"epoch {epoch}: loss {history[-1]['loss']:.4f}, running train accuracy "
-              f"{history[-1]['train_accuracy']:.4f}, test accuracy {test_accuracy:.4f}")
-    return history
-
-
-def main():
-    params = load_params("train")
-    remove_stale_temps(CHECKPOINT, HISTORY, METRICS)
+def main(argv=None):
+    args = stage_args(__doc__.splitlines()[0], argv)
+    params = stage_params("train", args)
+    checkpoint_path = args.run_dir / "artifacts/train/model.pt"
+    history_path = args.run_dir / "artifacts/train/history.csv"
+    metrics_path = args.run_dir / "artifacts/metrics/train.json"
+    remove_stale_temps(checkpoint_path, history_path, metrics_path)
+    architecture = get_architecture(params["arch"])
+    if params["epochs"] == 0 and params["weights"] is None:
+        raise PipelineError("params.yaml: 'train.epochs' is 0 but 'train.weights' is null; with no training "
+                            "the model must come from a weights file")
     device = choose_device(params["device"], "train.device")
     precision = choose_precision(params["precision"], device, "train.precision")
     threads = set_threads(params["threads"])
-    train, test = load_prepared("data/prepared/train.pt"), load_prepared("data/prepared/test.pt")
-    if train["image_size"] != test["image_size"]:
-        raise PipelineError("data/prepared: train and test images differ in size; rerun `dvc repro -f prepare_data`")
-    print(f"training on {device} ({precision}, {threads} threads): {len(train['labels'])} images, "
-          f"{params['epochs']} epochs")
+    prepared = args.run_dir / "data/prepared"
+    train, test = load_prepared(prepared / "train.pt"), load_prepared(prepared / "test.pt")
+    if train["image_size"] != test["image_size"] or train["n_classes"] != test["n_classes"]:
+        raise PipelineError(f"{prepared}: train and test subsets differ in image size or classes; "
+                            f"rerun `dvc repro -f prepare_data`")
+    spec = input_spec(architecture.in_channels, params["input_norm"])
+    check_channels(train["images"].shape[1], spec, f"{prepared}/train.pt")
+    print(f"training {params['arch']} on {device} ({precision}, {threads} threads): {len(train['labels'])} "
+          f"{train['dataset']} images, {params['epochs']} epochs")
     seed_everything(params["seed"])
-    model = build_model().to(device).to(memory_format=torch.channels_last)
-    history = train_model(model, train, test, epochs=params["epochs"], batch_size=params["batch_size"],
-                          lr=params["lr"], lr_schedule=params["lr_schedule"], seed=params["seed"],
-                          device=device, precision=precision,
-                          eval_batch_size=params["eval_batch_size"])
+    model = build_model(params["arch"], train["n_classes"])
+    if params["weights"] is not None:
+        head_loaded = load_weights(model, params["weights"])
+        if not head_loaded and params["epochs"] == 0:
+            raise PipelineError(f"{params['weights']}: its final layer does not have {train['n_classes']} "
+                                f"classes ({train['dataset']}); train it with 'train.epochs' above 0")
+        print(f"started from {params['weights']}" + ("" if head_loaded else " (final layer newly initialised)"))
+    model = model.to(device).to(memory_format=torch.channels_last)
+    kwargs = dict(device=device, precision=precision, input_spec=spec)
+    if params["epochs"] > 0:
+        history = train_model(model, train, test, epochs=params["epochs"], batch_size=params["batch_size"],
+                              lr=params["lr"], lr_schedule=params["lr_schedule"], seed=params["seed"],
+                              eval_batch_size=params["eval_batch_size"], **kwargs)
+    else:   # the weights as they are: one evaluation of each subset stands in for training's history
+        train_accuracy, train_loss = evaluate(model, train, params["eval_batch_size"], desc="train", **kwargs)
+        test_accuracy, test_loss = evaluate(model, test, params["eval_batch_size"], **kwargs)
+        history = [{"epoch": 0, "loss": train_loss, "train_accuracy": train_accuracy,
+                    "test_accuracy": test_accuracy, "test_loss": test_loss}]
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_torch({"arch": "resnet18", "n_classes": 10, "in_channels": 3, "image_size": train["image_size"],
-                "precision": precision, "state_dict": state}, CHECKPOINT)
-    write_csv(history, HISTORY)
+    save_torch({"arch": params["arch"], "n_classes": train["n_classes"], "in_channels": spec["channels"],
+                "input": spec, "image_size": train["image_size"], "dataset": train["dataset"],
+                "weights": params["weights"], "precision": precision, "state_dict": state}, checkpoint_path)
+    write_csv(history, history_path)
     write_json({"baseline_accuracy": history[-1]["test_accuracy"], "baseline_loss": history[-1]["test_loss"],
-                "final_train_loss": history[-1]["loss"]}, METRICS)
+                "final_train_loss": history[-1]["loss"]}, metrics_path)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,21 @@
-"""Shared fixtures: tiny params, a project folder to run stages in, and one tiny real run."""
+"""Shared fixtures and helpers: tiny params, a folder holding one tiny real run, and the one
+scratch git + DVC repository helper the pipeline, study and benchmark tests use."""
 import contextlib
 import copy
 import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
+       "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 
 # A few hundred real digits at 32 px: every stage runs in seconds.
 TINY_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -26,8 +33,8 @@ def tiny_params(**sections):
     return params
 
 
-def write_params(folder, params):
-    (Path(folder) / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+def write_params(folder, params, name="params.yaml"):
+    (Path(folder) / name).write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @contextlib.contextmanager
@@ -40,16 +47,65 @@ def working_dir(folder):
         os.chdir(previous)
 
 
-def run_main(stage_main):
-    """Run a stage's main() the way its script does; return the exit status (0 on success)."""
-    from stages.common import run_stage
+def run_main(stage_main, *args):
+    """Run a stage's main() the way its script does, with these command-line arguments; return
+    the exit status (0 on success)."""
+    from netunits.runtime import run_stage
     try:
-        run_stage(stage_main)
+        run_stage(stage_main, list(args))
     except SystemExit as exc:
         return exc.code
     return 0
 
 
+# --------------------------------------------------------------------------------------------
+# a scratch git + DVC repository holding a copy of the project's code
+# --------------------------------------------------------------------------------------------
+def sh(repo, *args, check=True, env=None):
+    result = subprocess.run(list(args), cwd=repo, env=env or ENV, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(repo, *args, check=True):
+    return sh(repo, str(BIN / "dvc"), *args, check=check)
+
+
+def stages_run(output):
+    """Names of the stages a DVC run ran ('study/dvc.yaml:train@0.0-1' is reported as 'train@0.0-1')."""
+    return re.findall(r"Running stage '(?:[\w/.]+:)?([\w@.-]+)'", output)
+
+
+def lock_hashes(repo, lock="dvc.lock"):
+    """Every output's md5 as a lock file records it."""
+    lock = yaml.safe_load((Path(repo) / lock).read_text())
+    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
+
+
+def scratch_repo(folder, params=None, study_params=None):
+    """A git + DVC repository in `folder` with the project's code, dvc.yaml and the given params
+    (and the study's dvc.yaml and params when `study_params` is given)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for code in ("stages", "netunits"):
+        shutil.copytree(ROOT / code, folder / code, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, folder / name)
+    write_params(folder, params or tiny_params())
+    if study_params is not None:
+        (folder / "study").mkdir()
+        shutil.copy(ROOT / "study/dvc.yaml", folder / "study/dvc.yaml")
+        write_params(folder / "study", study_params)
+    sh(folder, "git", "init", "-q")
+    dvc(folder, "init", "-q")
+    dvc(folder, "config", "core.analytics", "false")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# one tiny real run, shared
+# --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A folder holding every stage's outputs from one tiny real run (do not modify it)."""

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bench.run import abba_order, median, run_lines, sweep_speed
+from bench.run import abba_order, run_lines, sweep_speed
 
 
 def test_abba_order_alternates_which_comes_first():
@@ -13,12 +13,6 @@ def test_abba_order_alternates_which_comes_first():
     assert abba_order(3) == ["plain", "pipeline", "pipeline", "plain", "plain", "pipeline"]
     with pytest.raises(SystemExit, match="--repeats"):
         abba_order(0)
-
-
-def test_median():
-    assert median([3.0]) == 3.0
-    assert median([5.0, 1.0, 3.0]) == 3.0
-    assert median([4.0, 1.0, 3.0, 2.0]) == 2.5
 
 
 def fake_runs():

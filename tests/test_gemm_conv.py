@@ -3,9 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages import gemm_conv
-from stages.common import build_model, torchvision_models
-from stages.gemm_conv import SmallMapConv2d, gemm_conv2d
+from netunits.models import gemm_conv
+from netunits.models.registry import build_model
+from netunits.torchvision_compat import torchvision_models
+from netunits.models.gemm_conv import SmallMapConv2d, gemm_conv2d
 
 # (batch, c_in, size, c_out, kernel, stride, padding): every geometry ResNet18 has, odd sizes,
 # and a 1x1 map (layer4 at 32 px).
@@ -79,7 +80,7 @@ def test_bf16_results_match_autocast_conv2d_within_bf16_rounding():
 
 def test_model_keeps_torchvision_parameters_and_fp32_outputs():
     torch.manual_seed(0)
-    model = build_model()
+    model = build_model("resnet18", 10)
     torch.manual_seed(0)
     reference = torchvision_models().resnet18(weights=None)
     reference.fc = torch.nn.Linear(512, 10)

@@ -1,57 +1,23 @@
-"""The whole pipeline through DVC, in a temporary git + DVC repository with tiny params."""
+"""The whole pipeline through DVC, in a scratch git + DVC repository with tiny params."""
+import ast
 import json
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_params, write_params
+from conftest import ENV, ROOT, dvc, lock_hashes, scratch_repo, sh, stages_run, tiny_params, write_params
 
 STAGES = ["prepare_data", "train", "extract_features", "rof_sweep", "plot"]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "GIT_AUTHOR_NAME": "t",
-       "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-
-
-def sh(repo, *args, check=True):
-    result = subprocess.run(list(args), cwd=repo, env=ENV, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def dvc(repo, *args, check=True):
-    return sh(repo, str(BIN / "dvc"), *args, check=check)
-
-
-def stages_run(output):
-    """Names of the stages a DVC run ran ('study/dvc.yaml:run@0.0-1' is reported as 'run@0.0-1')."""
-    return re.findall(r"Running stage '(?:[\w/.]+:)?([\w@.-]+)'", output)
-
-
-def lock_hashes(repo):
-    """Every output's md5 as dvc.lock records it."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    return {out["path"]: out["md5"] for stage in lock["stages"].values() for out in stage.get("outs", [])}
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("repo")
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    write_params(repo, tiny_params())
-    sh(repo, "git", "init", "-q")
-    dvc(repo, "init", "-q")
-    dvc(repo, "config", "core.analytics", "false")
+    repo = scratch_repo(tmp_path_factory.mktemp("repo"))
     first = dvc(repo, "repro")
     assert stages_run(first.stdout) == STAGES, first.stdout
     sh(repo, "git", "add", "-A")
@@ -104,11 +70,11 @@ def test_rerun_with_same_params_is_byte_identical(repo):
 
 def test_a_rejected_train_param_leaves_outputs_restorable(repo):
     before = lock_hashes(repo)
-    write_params(repo, tiny_params(train={"epochs": 0}))
+    write_params(repo, tiny_params(train={"epochs": -1}))
     try:
         result = dvc(repo, "repro", check=False)
         assert result.returncode != 0
-        assert "error: params.yaml: 'train.epochs' is 0; it must be an integer from 1 to 1000" in result.stderr
+        assert "error: params.yaml: 'train.epochs' is -1; it must be an integer from 0 to 1000" in result.stderr
         # DVC removed train's outputs before running it; the stage wrote nothing new
         for path in ("artifacts/train/model.pt", "artifacts/metrics/train.json", "artifacts/train/history.csv"):
             assert not (repo / path).exists(), path
@@ -126,7 +92,7 @@ def test_a_bad_param_fails_and_writes_nothing(repo):
     try:
         result = dvc(repo, "repro", check=False)
         assert result.returncode != 0
-        assert "error: params.yaml: unknown key 'rof.rankng'; allowed keys: ranking, turning_point" in result.stderr
+        assert "error: params.yaml: unknown key 'rof.rankng'; allowed keys: layer, ranking, turning_point" in result.stderr
         assert not (repo / "artifacts/metrics/rof.json").exists()  # DVC removed it; the stage wrote nothing
     finally:
         write_params(repo, tiny_params())
@@ -140,7 +106,7 @@ def test_a_stage_killed_while_saving_leaves_no_truncated_file(repo):
     checkpoint = repo / "artifacts/train/model.pt"
     checkpoint.unlink()  # as DVC does before it runs the stage
     process = subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo,
-                               env={**ENV, "ROFPIPE_HOLD_BEFORE_RENAME": "60"},
+                               env={**ENV, "NETUNITS_HOLD_BEFORE_RENAME": "60"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
@@ -161,20 +127,37 @@ def test_a_stage_killed_while_saving_leaves_no_truncated_file(repo):
     assert lock_hashes(repo) == before
 
 
-def project_imports(module):
-    """stages.* modules that stages/<module>.py imports anywhere in the file, transitively."""
-    import ast
-    seen, todo = set(), [module]
+def project_imports(script):
+    """Every project module (stages/, netunits/) that `script` imports anywhere in its file,
+    transitively, package __init__ files included only where they import something."""
+    def module_file(name):
+        path = ROOT.joinpath(*name.split("."))
+        return path / "__init__.py" if (path / "__init__.py").exists() else \
+            path.with_suffix(".py") if path.with_suffix(".py").exists() else None
+    seen, todo = set(), [ROOT / script]
     while todo:
-        name = todo.pop()
-        if name in seen:
+        path = todo.pop()
+        if path in seen:
             continue
-        seen.add(name)
-        for node in ast.walk(ast.parse((ROOT / "stages" / f"{name}.py").read_text())):
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            todo += [n.split(".")[1] for n in names if n.startswith("stages.")]
-    return seen
+                [node.module] + [f"{node.module}.{a.name}" for a in node.names] \
+                if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                parts = name.split(".")
+                if parts[0] in ("stages", "netunits"):
+                    todo += [f for f in (module_file(".".join(parts[:n])) for n in range(1, len(parts) + 1)) if f]
+    return {str(p.relative_to(ROOT)) for p in seen
+            if p.name != "__init__.py" or any(isinstance(n, (ast.Import, ast.ImportFrom))
+                                              for n in ast.walk(ast.parse(p.read_text())))}
+
+
+def test_package_init_files_import_nothing():
+    # so that no stage depends on them: editing a package's docstring reruns nothing
+    for path in ROOT.glob("netunits/**/__init__.py"):
+        tree = ast.parse(path.read_text())
+        assert not any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree)), path
 
 
 @pytest.mark.parametrize("dvc_file", ["dvc.yaml", "study/dvc.yaml"])
@@ -182,6 +165,19 @@ def test_every_stage_depends_on_exactly_the_code_it_imports(dvc_file):
     # A module missing from deps means a code change DVC does not see (stale outputs); one too
     # many means needless reruns.
     for name, stage in yaml.safe_load((ROOT / dvc_file).read_text())["stages"].items():
-        module = stage["cmd"].split()[2].split(".")[1]          # python -m stages.<module> ...
-        listed = {d for d in stage["deps"] if d.startswith("stages/")}
-        assert listed == {f"stages/{m}.py" for m in project_imports(module)}, name
+        module = stage["cmd"].split()[2]                              # python -m stages.<name> ...
+        listed = {d for d in stage["deps"] if d.startswith(("stages/", "netunits/"))}
+        assert listed == project_imports(module.replace(".", "/") + ".py"), name
+
+
+def test_no_stage_imports_another_and_the_library_imports_no_stage():
+    for path in list(ROOT.glob("stages/*.py")) + list(ROOT.glob("netunits/**/*.py")):
+        imported = project_imports(str(path.relative_to(ROOT))) - {str(path.relative_to(ROOT))}
+        assert not [m for m in imported if m.startswith("stages/")], path
+
+
+def test_a_model_code_change_does_not_rerun_rof_sweep_or_plot():
+    dvc_file = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in ("rof_sweep", "plot", "prepare_data"):
+        assert not [d for d in dvc_file[name]["deps"] if d.startswith("netunits/models/") and
+                    d != "netunits/models/checkpoint.py"], name

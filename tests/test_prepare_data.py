@@ -1,4 +1,5 @@
-"""prepare_data and the MNIST sources: packaged decode, IDX, torchvision, selection, resizing."""
+"""prepare_data, the data-set registry, the MNIST sources (packaged decode, IDX, torchvision),
+selection, resizing and label noise."""
 import gzip
 import pickle
 import struct
@@ -8,8 +9,10 @@ import pytest
 import torch
 
 from conftest import run_main, tiny_params, write_params
-from stages import mnist, prepare_data
-from stages.common import PipelineError
+from netunits.data import mnist, subsets
+from stages import prepare_data
+from netunits.data.registry import DATASETS, check_request, get_dataset
+from netunits.errors import PipelineError
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,7 @@ def test_idx_errors(tmp_path):
 
 
 def test_torchvision_source_offline_is_one_clear_error(tmp_path, monkeypatch):
-    from stages.common import torchvision_models
+    from netunits.torchvision_compat import torchvision_models
     torchvision_models()  # first: a bare `import torchvision` fails on CPU-only torch
     import torchvision.datasets
 
@@ -106,28 +109,28 @@ def test_torchvision_source_offline_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_first_and_stratified_selection(packaged):
     labels = packaged["train"][1]
-    assert mnist.select_indices(labels, 7, "first", 0, "k").tolist() == list(range(7))
-    chosen = mnist.select_indices(labels, 1003, "stratified", 5, "k")
+    assert subsets.select_indices(labels, 7, "first", 0, "k", 10).tolist() == list(range(7))
+    chosen = subsets.select_indices(labels, 1003, "stratified", 5, "k", 10)
     assert len(chosen) == 1003 and len(set(chosen.tolist())) == 1003
     assert labels[chosen].bincount().tolist() == [101, 101, 101] + [100] * 7
-    assert torch.equal(chosen, mnist.select_indices(labels, 1003, "stratified", 5, "k"))
-    assert not torch.equal(chosen, mnist.select_indices(labels, 1003, "stratified", 6, "k"))
+    assert torch.equal(chosen, subsets.select_indices(labels, 1003, "stratified", 5, "k", 10))
+    assert not torch.equal(chosen, subsets.select_indices(labels, 1003, "stratified", 6, "k", 10))
     with pytest.raises(PipelineError, match="'k' is 20 but the split has only 10 samples"):
-        mnist.select_indices(labels[:10], 20, "first", 0, "k")
+        subsets.select_indices(labels[:10], 20, "first", 0, "k", 10)
     lopsided = torch.tensor([0] * 20 + list(range(1, 10)))
     with pytest.raises(PipelineError, match="'k' is 20; a stratified selection needs 2 samples of class 1 "
                                             "but the split has 1"):
-        mnist.select_indices(lopsided, 20, "stratified", 0, "k")
+        subsets.select_indices(lopsided, 20, "stratified", 0, "k", 10)
 
 
 def test_resize_keeps_uint8_and_content(packaged):
     images = packaged["test"][0][:4]
-    resized = mnist.resize_uint8(images, 112)
+    resized = subsets.resize_uint8(images, 112)
     assert resized.shape == (4, 1, 112, 112) and resized.dtype == torch.uint8
     # Upsampling by 4 then averaging 4x4 blocks recovers the digit closely.
     back = torch.nn.functional.avg_pool2d(resized.float(), 4).squeeze(1)
     assert (back - images.float()).abs().mean() < 8
-    assert torch.equal(mnist.resize_uint8(images, 28).squeeze(1), images)
+    assert torch.equal(subsets.resize_uint8(images, 28).squeeze(1), images)
 
 
 def test_stage_writes_compact_subsets(tmp_path, monkeypatch, packaged):
@@ -138,7 +141,8 @@ def test_stage_writes_compact_subsets(tmp_path, monkeypatch, packaged):
     assert train["images"].shape == (120, 1, 32, 32) and train["images"].dtype == torch.uint8
     assert train["labels"].bincount().tolist() == [12] * 10
     assert torch.equal(train["labels"], packaged["train"][1][train["indices"]])
-    assert train["image_size"] == 32
+    assert (train["image_size"], train["dataset"], train["n_classes"]) == (32, "mnist", 10)
+    assert "clean_labels" not in train
     assert sorted(p.name for p in (tmp_path / "data/prepared").iterdir()) == ["test.pt", "train.pt"]
 
 
@@ -152,11 +156,59 @@ def test_stage_refuses_a_missing_idx_folder_before_writing(tmp_path, monkeypatch
 
 
 def test_stage_refuses_what_would_not_fit_with_the_estimate(tmp_path, monkeypatch, capsys):
-    from stages import common
+    from netunits import runtime
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(common, "available_memory_bytes", lambda: 100 * 2**20)  # pretend 100 MiB
+    monkeypatch.setattr(runtime, "available_memory_bytes", lambda: 100 * 2**20)  # pretend 100 MiB
     write_params(tmp_path, tiny_params(data={"train_size": 60000, "test_size": 10000, "image_size": 112}))
     assert run_main(prepare_data.main) == 2
     assert capsys.readouterr().err == ("error: the prepared images would need about 0.82 GiB of memory but only "
                                        "0.10 GiB is available; lower the sizes in params.yaml\n")
     assert not (tmp_path / "data/prepared/train.pt").exists()
+
+
+def test_resize_keeps_colour_channels():
+    images = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
+    assert subsets.resize_uint8(images, 32).shape == (2, 3, 32, 32)
+    assert torch.equal(subsets.resize_uint8(images, 28), images)
+
+
+def test_label_noise_replaces_the_asked_share_with_wrong_labels():
+    labels = torch.arange(1000) % 10
+    noisy, changed = subsets.corrupt_labels(labels, 0.4, seed=3, n_classes=10)
+    assert int(changed.sum()) == 400
+    assert (noisy[changed] != labels[changed]).all() and torch.equal(noisy[~changed], labels[~changed])
+    assert noisy.min() >= 0 and noisy.max() <= 9
+    again, _ = subsets.corrupt_labels(labels, 0.4, seed=3, n_classes=10)
+    assert torch.equal(noisy, again) and not torch.equal(noisy, subsets.corrupt_labels(labels, 0.4, 4, 10)[0])
+    assert torch.equal(subsets.corrupt_labels(labels, 0.0, seed=3, n_classes=10)[0], labels)
+    # the wrong label is uniform over the other nine classes
+    offsets = ((noisy - labels) % 10)[changed]
+    assert set(offsets.tolist()) == set(range(1, 10))
+
+
+def test_stage_with_label_noise_keeps_the_clean_labels(tmp_path, monkeypatch, packaged):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params(data={"train_size": 100, "test_size": 30, "label_noise": 0.3}))
+    assert run_main(prepare_data.main) == 0
+    train = torch.load("data/prepared/train.pt", weights_only=True)
+    test = torch.load("data/prepared/test.pt", weights_only=True)
+    assert torch.equal(train["clean_labels"], packaged["train"][1][:100])
+    assert int((train["labels"] != train["clean_labels"]).sum()) == 30
+    assert "clean_labels" not in test and torch.equal(test["labels"], packaged["test"][1][:30])
+
+
+def test_registry_refuses_unknown_data_sets_and_oversized_subsets(tmp_path, monkeypatch, capsys):
+    with pytest.raises(PipelineError, match="'data.dataset' is 'cifar100'; allowed data sets: mnist"):
+        get_dataset("cifar100")
+    spec = DATASETS["mnist"]
+    with pytest.raises(PipelineError) as info:
+        check_request(spec, {**tiny_params()["data"], "train_size": 60001})
+    assert str(info.value) == ("params.yaml: 'data.train_size' is 60001; it must be an integer from 1 to 60000 "
+                               "(the train split of mnist)")
+    with pytest.raises(PipelineError, match="'data.test_size' is 10001; it must be an integer from 1 to 10000"):
+        check_request(spec, {**tiny_params()["data"], "test_size": 10001})
+    # the stage refuses before reading any data
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, tiny_params(data={"dataset": "cifar100"}))
+    assert run_main(prepare_data.main) == 2
+    assert capsys.readouterr().err == "error: params.yaml: 'data.dataset' is 'cifar100'; allowed data sets: mnist\n"

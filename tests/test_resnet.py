@@ -5,9 +5,9 @@ import sys
 
 import torch
 
-from stages.common import torchvision_models
-from stages.resnet import resnet18
-from tests.conftest import ROOT
+from netunits.torchvision_compat import torchvision_models
+from netunits.models.resnet import resnet18
+from conftest import ROOT
 
 
 def test_same_seed_gives_torchvision_weights_bit_for_bit():
@@ -40,7 +40,7 @@ def test_same_outputs_gradients_and_running_statistics_in_training():
 
 
 def test_building_the_model_does_not_import_torchvision():
-    code = ("import sys; from stages import common; common.build_model(); "
+    code = ("import sys; from netunits.models.registry import build_model; build_model(\"resnet18\", 10); "
             "print('torchvision' in sys.modules, 'torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
@@ -65,7 +65,7 @@ def test_stem_matches_torchvision_bit_for_bit_in_bf16_channels_last():
 
 
 def test_max_pool_keeps_only_its_indices_for_backward():
-    from stages.resnet import MaxPool2d
+    from netunits.models.resnet import MaxPool2d
     saved = []
     x = torch.randn(2, 4, 9, 9, requires_grad=True)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):

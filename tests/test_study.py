@@ -1,31 +1,13 @@
-"""The generalization study: label noise, correlations, and a tiny 2 x 2 grid through DVC."""
+"""The generalization study: correlations by hand, and a tiny 2 x 2 grid of the pipeline's own
+stages through DVC."""
 import json
 import math
-import shutil
 
 import pytest
-import torch
 import yaml
 
-from conftest import ROOT
-from stages.study_aggregate import average_ranks, pearson, spearman
-from stages.study_run import STUDY_SCHEMA, corrupt_labels
-from stages.common import PipelineError, validate_params
-from test_pipeline import dvc, sh, stages_run
-
-
-def test_label_noise_replaces_the_asked_share_with_wrong_labels():
-    labels = torch.arange(1000) % 10
-    noisy, changed = corrupt_labels(labels, 0.4, seed=3)
-    assert int(changed.sum()) == 400
-    assert (noisy[changed] != labels[changed]).all() and torch.equal(noisy[~changed], labels[~changed])
-    assert noisy.min() >= 0 and noisy.max() <= 9
-    again, _ = corrupt_labels(labels, 0.4, seed=3)
-    assert torch.equal(noisy, again) and not torch.equal(noisy, corrupt_labels(labels, 0.4, seed=4)[0])
-    assert torch.equal(corrupt_labels(labels, 0.0, seed=3)[0], labels)
-    # the wrong label is uniform over the other nine classes
-    offsets = ((noisy - labels) % 10)[changed]
-    assert set(offsets.tolist()) == set(range(1, 10))
+from conftest import ROOT, dvc, scratch_repo, stages_run
+from netunits.study import average_ranks, pearson, spearman, summary_row
 
 
 def test_correlations_by_hand():
@@ -38,44 +20,48 @@ def test_correlations_by_hand():
     assert spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
 
 
-def test_study_params_are_validated():
+def test_summary_row_reads_the_chosen_turning_points():
+    counts = {"both_ratio": 0.5, "train_only_ratio": 0.25, "test_only_ratio": 0.125, "neither_ratio": 0.125}
+    subset = {"full_accuracy": 0.75, "n0_acc": 10, "n0_loss": 11, "n0_acc_tol": 7, "n0_loss_tol": 8}
+    metrics = {"train": subset, "test": {**subset, "full_accuracy": 0.5},
+               "taxonomy": {d: {m: counts for m in ("acc", "loss")} for d in ("exact", "tolerance")}}
+    row = summary_row(0.2, 1, metrics, "tolerance")
+    assert row["generalization_gap"] == 0.25 and row["n0_acc_train"] == 7 and row["n0_loss_test"] == 8
+    assert summary_row(0.2, 1, metrics, "exact")["n0_acc_train"] == 10 and row["test_only_ratio_acc"] == 0.125
+
+
+def tiny_study(seeds):
     params = yaml.safe_load((ROOT / "study/params.yaml").read_text())
-    validate_params(params, STUDY_SCHEMA)
-    validate_params(yaml.safe_load((ROOT / "study/profiles/gpu.yaml").read_text()), STUDY_SCHEMA)
-    params["grid"]["label_noise"] = [0.0, 1.2]
-    with pytest.raises(PipelineError, match=r"'grid.label_noise' is \[0.0, 1.2\]; it must be a non-empty list "
-                                            r"of distinct values, each a number in \[0, 0.9\]"):
-        validate_params(params, STUDY_SCHEMA)
+    params["grid"] = {"label_noise": [0.0, 0.6], "seeds": seeds}
+    params["data"].update(train_size=200, test_size=100)
+    params["train"].update(epochs=2, batch_size=50, eval_batch_size=100)
+    params["extract_features"].update(batch_size=100)
+    return params
 
 
-TINY_STUDY = {
-    "grid": {"label_noise": [0.0, 0.6], "seeds": [0, 1]},
-    "run": {"train_size": 200, "test_size": 100, "selection": "first", "image_size": 32, "epochs": 2,
-            "batch_size": 50, "lr": 0.001, "lr_schedule": "cosine", "device": "auto", "precision": "auto", "threads": "auto",
-            "eval_batch_size": 100, "turning_point": "tolerance", "acc_tolerance": 0.005, "loss_tolerance": 0.01},
-}
-
-
-def test_tiny_grid_through_dvc(tmp_path):
-    shutil.copytree(ROOT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "study").mkdir()
-    shutil.copy(ROOT / "study/dvc.yaml", tmp_path / "study/dvc.yaml")
-    (tmp_path / "study/params.yaml").write_text(yaml.safe_dump(TINY_STUDY, sort_keys=False))
-    sh(tmp_path, "git", "init", "-q")
-    dvc(tmp_path, "init", "-q")
-    result = dvc(tmp_path, "repro", "study/dvc.yaml")
-    ran = stages_run(result.stdout)
-    assert sorted(ran) == sorted([f"run@{n}-{s}" for n in ("0.0", "0.6") for s in (0, 1)] + ["aggregate"])
-    rows = (tmp_path / "artifacts/study/summary.csv").read_text().splitlines()
+def test_tiny_grid_runs_the_pipeline_stages_through_dvc(tmp_path):
+    repo = scratch_repo(tmp_path, study_params=tiny_study([0, 1]))
+    ran = stages_run(dvc(repo, "repro", "study/dvc.yaml").stdout)
+    cells = [f"{n}-{s}" for n in ("0.0", "0.6") for s in (0, 1)]
+    assert sorted(ran) == sorted([f"{stage}@{cell}" for stage in ("prepare_data", "train", "extract_features",
+                                                                  "rof_sweep") for cell in cells] + ["aggregate"])
+    noisy = json.loads((repo / "artifacts/study/runs/noise0.6_seed1/artifacts/metrics/rof.json").read_text())
+    assert noisy["train"]["labels_changed"] == 120 and "labels_changed" not in noisy["test"]
+    rows = (repo / "artifacts/study/summary.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 and rows[0].startswith("label_noise,seed,train_accuracy,test_accuracy,generalization_gap")
-    noisy = json.loads((tmp_path / "artifacts/study/runs/noise0.6_seed1.json").read_text())
-    assert noisy["labels_changed"] == 120
-    metrics = json.loads((tmp_path / "artifacts/metrics/study.json").read_text())
+    metrics = json.loads((repo / "artifacts/metrics/study.json").read_text())
     assert metrics["n_runs"] == 4 and set(metrics["acc"]) == {"both", "train_only", "test_only", "neither"}
-    assert "| 0.6 | 2 |" in (tmp_path / "artifacts/study/summary.md").read_text()
-    assert (tmp_path / "artifacts/study/ratios_vs_gap.png").stat().st_size > 0
+    assert "| 0.6 | 2 |" in (repo / "artifacts/study/summary.md").read_text()
+    assert (repo / "artifacts/study/ratios_vs_gap.png").stat().st_size > 0
     # adding a seed runs only the new cells and the aggregation
-    TINY_STUDY_MORE = {**TINY_STUDY, "grid": {"label_noise": [0.0, 0.6], "seeds": [0, 1, 2]}}
-    (tmp_path / "study/params.yaml").write_text(yaml.safe_dump(TINY_STUDY_MORE, sort_keys=False))
-    ran = stages_run(dvc(tmp_path, "repro", "study/dvc.yaml", "--dry").stdout)
-    assert sorted(ran) == ["aggregate", "run@0.0-2", "run@0.6-2"]
+    (repo / "study/params.yaml").write_text(yaml.safe_dump(tiny_study([0, 1, 2]), sort_keys=False))
+    ran = stages_run(dvc(repo, "repro", "study/dvc.yaml").stdout)
+    assert sorted(ran) == sorted([f"{stage}@{n}-2" for stage in ("prepare_data", "train", "extract_features",
+                                                                 "rof_sweep") for n in ("0.0", "0.6")] + ["aggregate"])
+    # a rof param reruns every cell's rof_sweep and the aggregation, nothing upstream
+    params = tiny_study([0, 1, 2])
+    params["rof"]["acc_tolerance"] = 0.02
+    (repo / "study/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = stages_run(dvc(repo, "repro", "study/dvc.yaml").stdout)
+    assert sorted(name for name in ran if name != "aggregate") == sorted(
+        f"rof_sweep@{n}-{s}" for n in ("0.0", "0.6") for s in (0, 1, 2))

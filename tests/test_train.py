@@ -1,15 +1,21 @@
-"""train: the recipe, its history and checkpoint, seeding, and a diverging loss."""
+"""train and netunits.training: the recipe, its history and checkpoint, seeding, a diverging
+loss, other architectures and weights files."""
+import json
+
 import torch
 
 from conftest import run_main, tiny_params, write_params
-from stages import train
-from stages.common import PipelineError, build_model, load_checkpoint, seed_everything
+from netunits import training as train
+from netunits.errors import PipelineError
+from netunits.models.registry import build_model, load_checkpoint
+from netunits.runtime import seed_everything
+from stages import train as train_stage
 
 
 def tiny_model_and_data(project):
     subsets = {name: torch.load(f"data/prepared/{name}.pt", weights_only=True) for name in ("train", "test")}
     seed_everything(0)
-    return build_model(), subsets
+    return build_model("resnet18", 10), subsets
 
 
 def run_training(project, **overrides):
@@ -75,16 +81,18 @@ def test_stage_outputs(project):
     assert checkpoint["image_size"] == 32 and checkpoint["n_classes"] == 10 and model.fc.out_features == 10
     history = (project / "artifacts/train/history.csv").read_text().splitlines()
     assert history[0] == "epoch,loss,train_accuracy,test_accuracy,test_loss" and len(history) == 1 + 2
-    import json
     metrics = json.loads((project / "artifacts/metrics/train.json").read_text())
-    assert metrics["baseline_accuracy"] == float(history[-1].split(",")[3]) or \
-        abs(metrics["baseline_accuracy"] - float(history[-1].split(",")[3])) < 1e-6
+    # the history table writes 6 significant digits of the same number
+    assert f"{metrics['baseline_accuracy']:.6g}" == history[-1].split(",")[3]
+    assert f"{metrics['final_train_loss']:.6g}" == history[-1].split(",")[1]
+    assert (checkpoint["arch"], checkpoint["dataset"], checkpoint["in_channels"]) == ("resnet18", "mnist", 3)
+    assert checkpoint["input"] == {"channels": 3, "norm": "none", "mean": None, "std": None}
 
 
 def test_stage_rejects_bad_params_before_training(project, capsys):
     write_params(project, tiny_params(train={"batch_size": 0}))
     (project / "artifacts/train/model.pt").unlink()
-    assert run_main(train.main) == 2
+    assert run_main(train_stage.main) == 2
     assert capsys.readouterr().err == ("error: params.yaml: 'train.batch_size' is 0; it must be an integer "
                                        "from 2 to 65536\n")
     assert not (project / "artifacts/train/model.pt").exists()
@@ -93,8 +101,8 @@ def test_stage_rejects_bad_params_before_training(project, capsys):
 def test_stage_rejects_corrupt_prepared_data(project, capsys):
     data = project / "data/prepared/train.pt"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    assert run_main(train.main) == 2
-    assert "data/prepared/train.pt: corrupt or not a prepared MNIST subset" in capsys.readouterr().err
+    assert run_main(train_stage.main) == 2
+    assert "data/prepared/train.pt: corrupt or not a prepared subset" in capsys.readouterr().err
 
 
 def test_learning_rate_schedules():
@@ -130,7 +138,7 @@ def test_step_in_backward_trains_the_same_bits_as_one_optimizer_and_frees_gradie
     x = subsets["train"]["images"][:50].float().div(255).expand(-1, 3, -1, -1)
     y = subsets["train"]["labels"][:50]
     torch.manual_seed(0)
-    reference, model = build_model(), build_model()
+    reference, model = build_model("resnet18", 10), build_model("resnet18", 10)
     model.load_state_dict(reference.state_dict())
     joint = torch.optim.Adam(reference.parameters(), lr=1e-2, fused=True)
     optimizers, remove_hooks = train.step_in_backward(model, 1e-2, torch.device("cpu"))
@@ -159,3 +167,43 @@ def test_train_model_leaves_no_hooks(project):
     before = [p.detach().clone() for p in model.parameters()]
     model(x).sum().backward()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_epochs_zero_takes_a_weights_file_as_it_is(project):
+    # the tiny run's weights, read by torchvision's own resnet18: no training, one evaluation
+    state = torch.load("artifacts/train/model.pt", weights_only=True)["state_dict"]
+    torch.save(state, "weights.pt")
+    write_params(project, tiny_params(train={"arch": "torchvision:resnet18", "weights": "weights.pt", "epochs": 0,
+                                             "precision": "fp32"}))
+    assert run_main(train_stage.main) == 0
+    model, checkpoint = load_checkpoint("artifacts/train/model.pt")
+    assert checkpoint["arch"] == "torchvision:resnet18" and checkpoint["weights"] == "weights.pt"
+    assert all(torch.equal(state[k], v) for k, v in checkpoint["state_dict"].items())
+    history = (project / "artifacts/train/history.csv").read_text().splitlines()
+    assert len(history) == 2 and history[1].startswith("0,")
+    # the project's own resnet18 with the same weights gives the same test accuracy in fp32
+    own = build_model("resnet18", 10)
+    own.load_state_dict(state)
+    test = torch.load("data/prepared/test.pt", weights_only=True)
+    accuracy, _ = train.evaluate(own, test, 100, torch.device("cpu"), "fp32")
+    assert json.loads((project / "artifacts/metrics/train.json").read_text())["baseline_accuracy"] == accuracy
+
+
+def test_epochs_zero_needs_weights_and_a_fitting_head(project, capsys):
+    write_params(project, tiny_params(train={"epochs": 0}))
+    assert run_main(train_stage.main) == 2
+    assert capsys.readouterr().err == ("error: params.yaml: 'train.epochs' is 0 but 'train.weights' is null; with no "
+                                       "training the model must come from a weights file\n")
+    torch.save(build_model("resnet18", 1000).state_dict(), "imagenet_like.pt")
+    write_params(project, tiny_params(train={"epochs": 0, "weights": "imagenet_like.pt"}))
+    assert run_main(train_stage.main) == 2
+    assert "imagenet_like.pt: its final layer does not have 10 classes (mnist)" in capsys.readouterr().err
+
+
+def test_unknown_architecture_is_refused_before_training(project, capsys):
+    write_params(project, tiny_params(train={"arch": "resnet19"}))
+    (project / "artifacts/train/model.pt").unlink()
+    assert run_main(train_stage.main) == 2
+    assert capsys.readouterr().err.startswith("error: params.yaml: 'train.arch' is 'resnet19'; allowed architectures: "
+                                              "resnet18, torchvision:resnet18")
+    assert not (project / "artifacts/train/model.pt").exists()

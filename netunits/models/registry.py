@@ -1,0 +1,144 @@
+"""The architecture registry: building a model by name, loading weights into it, and rebuilding
+a trained one from its checkpoint.
+
+An architecture is a name in ARCHITECTURES with a builder (random initial weights) and its
+input channels. Every model's final layer is named `fc` and computed in fp32 (Float32Head),
+so ROF can re-apply it to cached features. Adding a model is one entry here (and its module,
+if torchvision does not have it) plus a test.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from netunits.errors import PipelineError
+from netunits.models.checkpoint import load_checkpoint_file
+
+
+class Float32Head(torch.nn.Linear):
+    """The final Linear(n_units, n_classes), always evaluated in fp32 even under autocast.
+
+    ROF re-applies this layer to the cached fp32 features in float64; keeping the model's own
+    head in fp32 makes "all units retrieved" reproduce the model's accuracy exactly. State-dict
+    keys are those of a plain nn.Linear (fc.weight, fc.bias).
+    """
+
+    def forward(self, x):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+def _resnet18_here():
+    # Imported here so that building a torchvision model does not load this copy, and the
+    # other way round.
+    from netunits.models.gemm_conv import use_small_map_convs
+    from netunits.models.resnet import resnet18
+    return resnet18(), use_small_map_convs
+
+
+def _torchvision(name):
+    def build():
+        from netunits.torchvision_compat import torchvision_models
+        return getattr(torchvision_models(), name)(weights=None), None
+    return build
+
+
+@dataclass(frozen=True)
+class Architecture:
+    build: Callable        # () -> (model with its default head, accelerator applied after the head or None)
+    in_channels: int
+    description: str
+
+
+ARCHITECTURES = {
+    # torchvision's resnet18 rebuilt without importing torchvision (bit-identical weights for a
+    # seed); its small-map convolutions take a matrix product under CPU bf16 autocast (gemm_conv)
+    "resnet18": Architecture(_resnet18_here, 3, "ResNet18 as torchvision builds it, with the CPU bf16 "
+                                               "small-map convolutions"),
+    **{f"torchvision:{name}": Architecture(_torchvision(name), 3, f"torchvision.models.{name}")
+       for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")},
+}
+
+
+def get_architecture(name, key="train.arch"):
+    if name not in ARCHITECTURES:
+        raise PipelineError(f"params.yaml: '{key}' is {name!r}; allowed architectures: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def build_model(arch, n_classes):
+    """The architecture with random initial weights and a Float32Head of n_classes outputs.
+
+    The registry's builder draws the default head's initial values first, as torchvision does,
+    so the random stream (and every later weight) matches torchvision's for the same seed.
+    """
+    model, accelerate = get_architecture(arch).build()
+    model.fc = Float32Head(model.fc.in_features, n_classes)
+    return accelerate(model) if accelerate else model
+
+
+def _state_dict_of(obj):
+    """A state dict from a weights file: the dict itself, or its 'state_dict' / 'model' entry;
+    DataParallel's 'module.' prefixes removed (Places365's released weights have them)."""
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return None
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_weights(model, path, key="train.weights"):
+    """Copy a local weights file into `model`. Every key must be there with the model's shape,
+    except the head (fc.*), which is kept as initialised when its class count differs. Returns
+    True if the head was loaded too."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"params.yaml: '{key}' is '{path}': file not found; it must be a local "
+                            f"weights file (a state dict saved with torch.save)")
+    try:
+        state = _state_dict_of(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{path}: not a weights file ({reason[:160]})") from None
+    if state is None:
+        raise PipelineError(f"{path}: not a weights file (expected a state dict of tensors)")
+    own = model.state_dict()
+    head_fits = all(k in state and state[k].shape == own[k].shape for k in ("fc.weight", "fc.bias"))
+    for name, tensor in own.items():
+        if name.startswith("fc.") and not head_fits:
+            continue
+        if name not in state:
+            raise PipelineError(f"{path}: does not fit the architecture: key '{name}' is missing")
+        if state[name].shape != tensor.shape:
+            raise PipelineError(f"{path}: does not fit the architecture: '{name}' has shape "
+                                f"{tuple(state[name].shape)}, the model's is {tuple(tensor.shape)}")
+    extra = [k for k in state if k not in own and not k.startswith("fc.")]
+    if extra:
+        raise PipelineError(f"{path}: does not fit the architecture: unexpected key '{extra[0]}'")
+    with torch.no_grad():
+        for name, tensor in own.items():
+            if name in state and (head_fits or not name.startswith("fc.")):
+                tensor.copy_(state[name])
+    return head_fits
+
+
+def load_checkpoint(path):
+    """(model in eval mode on cpu, checkpoint dict); the checkpoint file's sha256 is under 'sha256'."""
+    checkpoint = load_checkpoint_file(path)
+    if checkpoint["arch"] not in ARCHITECTURES:
+        raise PipelineError(f"{path}: architecture {checkpoint['arch']!r} is not one of "
+                            f"{', '.join(ARCHITECTURES)}")
+    model = build_model(checkpoint["arch"], checkpoint["n_classes"])
+    own, state = model.state_dict(), checkpoint["state_dict"]
+    for name, tensor in own.items():
+        if name not in state or state[name].shape != tensor.shape:
+            raise PipelineError(f"{path}: checkpoint does not fit a {checkpoint['arch']}: key '{name}' is "
+                                f"{'missing' if name not in state else 'of shape ' + str(tuple(state[name].shape))}; "
+                                f"rebuild it with `dvc repro -f train`")
+    model.load_state_dict(state)
+    return model.eval(), checkpoint

@@ -1,0 +1,129 @@
+"""The figures: ROF curves with their turning points, role counts, and the study's ratios
+against the generalization gap. Files carry no creation date, so the same inputs give
+byte-identical figures."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from netunits.files import atomic_path  # noqa: E402
+from netunits.methods.rof import CATEGORIES, RANKINGS  # noqa: E402
+
+CONTROL_COLOURS = {"l1": "tab:purple", "random": "tab:blue", "ascending": "tab:green"}
+PDF_METADATA = {"CreationDate": None, "ModDate": None, "Producer": None}
+
+
+def save_figure(figure, path, dpi):
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        metadata = PDF_METADATA if path.suffix == ".pdf" else {"Software": None}
+        figure.savefig(tmp, format=path.suffix[1:], dpi=dpi, metadata=metadata, bbox_inches="tight")
+
+
+def close(figure):
+    plt.close(figure)
+
+
+def model_label(arch, layer):
+    """How titles name the analysed units' model: 'ResNet18', or the registry name, and the layer
+    when it is not the pooled features."""
+    name = "ResNet18" if arch == "resnet18" else arch
+    return name if layer == "avgpool" else f"{name} ({layer})"
+
+
+def rof_figure(curves, rof_metrics, baseline_accuracy, ranking, label):
+    """2 x 2: accuracy (top) and loss (bottom) against n_units, train (left) and test (right)."""
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
+    for col, subset in enumerate(("train", "test")):
+        c, m = curves[subset], rof_metrics[subset]
+        for row, (metric, title_metric) in enumerate((("accuracy", "accuracy"), ("loss", "cross-entropy loss"))):
+            ax = axes[row, col]
+            for control in RANKINGS:
+                if control != ranking:
+                    ax.plot(c["n_units"], c[f"{metric}_{control}"], lw=0.8, alpha=0.45,
+                            color=CONTROL_COLOURS[control], label=f"control: {control} order")
+            ax.plot(c["n_units"], c[metric], color="black", lw=1.5, label=f"{ranking} order")
+            key = "acc" if metric == "accuracy" else "loss"
+            exact, tolerant = m[f"n0_{key}"], m[f"n0_{key}_tol"]
+            ax.axvline(exact, color="orange", lw=1.5, label=f"n0_{key} exact = {exact}")
+            ax.axvline(tolerant, color="orange", lw=1.5, ls=":", label=f"n0_{key} tolerance = {tolerant}")
+            if metric == "accuracy":
+                ax.axhline(baseline_accuracy, color="red", ls="--", lw=1,
+                           label=f"baseline (test) = {baseline_accuracy:.3f}")
+            n_total = int(c["n_units"][-1])
+            flags = [name for name, n0 in (("exact", exact), ("tolerance", tolerant)) if n0 in (0, n_total)]
+            title = f"{subset}: {title_metric}"
+            if flags:
+                title += f"\ndegenerate ({', '.join(flags)}): U0 holds {'all' if exact == n_total else 'no'} units"
+            ax.set_title(title, fontsize=10, color="firebrick" if flags else "black")
+            ax.set_ylabel(title_metric)
+            if row == 1:
+                ax.set_xlabel("number of units activated (top-ranked first)")
+            ax.legend(fontsize=7, loc="lower right" if metric == "accuracy" else "upper right")
+            ax.grid(alpha=0.3)
+    n_units = int(curves["train"]["n_units"][-1])
+    figure.suptitle(f"ROF: retrieval of function over the {n_units} pooled units of {label}")
+    figure.tight_layout()
+    return figure
+
+
+def category_figure(taxonomy, n_units):
+    """Category counts by accuracy and by loss, side by side, for both turning-point definitions."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    width = 0.38
+    for ax, definition in zip(axes, ("exact", "tolerance")):
+        for shift, metric in ((-width / 2, "acc"), (width / 2, "loss")):
+            counts = [taxonomy[definition][metric][cat] for cat in CATEGORIES]
+            bars = ax.bar([i + shift for i in range(len(CATEGORIES))], counts, width, label=f"by {metric}")
+            ax.bar_label(bars, fontsize=8)
+        flagged = [m for m in ("acc", "loss") if taxonomy[definition][m]["degenerate"]]
+        title = f"{definition} turning points"
+        if flagged:
+            title += f"\ndegenerate by {', '.join(flagged)} (a U0 holds all units or none)"
+        ax.set_title(title, fontsize=10, color="firebrick" if flagged else "black")
+        ax.set_xticks(range(len(CATEGORIES)), CATEGORIES)
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(f"units (of {n_units})")
+    figure.suptitle("Unit roles: in U0 of the training set, of the test set, of both, of neither")
+    figure.tight_layout()
+    return figure
+
+
+def _fmt(value):
+    return "n/a" if math.isnan(value) else f"{value:+.2f}"
+
+
+def ratios_figure(rows, noise_levels, definition, corr, metric_names=("acc", "loss")):
+    """Each role's ratio against the generalization gap, one panel per role and metric."""
+    figure, axes = plt.subplots(2, 4, figsize=(15, 7), sharex=True)
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(noise_levels)))
+    for row, metric in enumerate(metric_names):
+        for col, category in enumerate(CATEGORIES):
+            ax = axes[row, col]
+            for colour, noise in zip(colours, noise_levels):
+                group = [r for r in rows if r["label_noise"] == noise]
+                gap = np.array([r["generalization_gap"] for r in group])
+                ratio = np.array([r[f"{category}_ratio_{metric}"] for r in group])
+                ax.scatter(gap, ratio, color=colour, s=18, alpha=0.6)
+                ax.errorbar(gap.mean(), ratio.mean(), xerr=gap.std(), yerr=ratio.std(), color=colour,
+                            marker="s", ms=6, capsize=3, label=f"noise {noise}")
+            c = corr[metric][category]
+            ax.set_title(f"{category} (by {metric})\nPearson {_fmt(c['pearson'])}, Spearman {_fmt(c['spearman'])}",
+                         fontsize=9)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_ylabel("share of the layer's units")
+            if row == 1:
+                ax.set_xlabel("generalization gap (train - test accuracy)")
+    axes[0, 0].legend(fontsize=7)
+    figure.suptitle(f"Unit-role ratios against the generalization gap ({definition} turning points); "
+                    f"dots: runs, squares: mean ± sd over seeds")
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,89 @@
+"""netunits.params: the schema, its one-line messages, and --set overrides."""
+import pytest
+import yaml
+
+from conftest import ROOT, TINY_PARAMS, tiny_params
+from netunits.errors import PipelineError
+from netunits.params import apply_overrides, load_params, validate_params
+
+PIPELINE_SECTIONS = ("data", "train", "extract_features", "rof", "plot")
+
+
+def test_default_tiny_and_study_params_are_valid():
+    validate_params(yaml.safe_load((ROOT / "params.yaml").read_text()), PIPELINE_SECTIONS)
+    validate_params(TINY_PARAMS, PIPELINE_SECTIONS)
+    for study in ("study/params.yaml", "study/profiles/gpu.yaml"):
+        validate_params(yaml.safe_load((ROOT / study).read_text()), ("grid", "data", "train", "aggregate"))
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("train", "epochs", -1, "'train.epochs' is -1; it must be an integer from 0 to 1000"),
+    ("train", "epochs", 2.5, "'train.epochs' is 2.5; it must be an integer"),
+    ("train", "epochs", True, "'train.epochs' is True"),
+    ("train", "batch_size", -1, "'train.batch_size' is -1"),
+    ("train", "lr", 0, "'train.lr' is 0; it must be a number in (0, 10]"),
+    ("train", "lr", "1e-3", "'train.lr' is '1e-3'"),
+    ("train", "lr", float("nan"), "'train.lr' is nan"),
+    ("train", "arch", "", "'train.arch' is ''; it must be a non-empty name"),
+    ("train", "weights", 3, "'train.weights' is 3; it must be null or a file path"),
+    ("train", "input_norm", "cifar", "'train.input_norm' is 'cifar'; it must be one of none, imagenet"),
+    ("data", "train_size", 0, "'data.train_size' is 0; it must be an integer >= 1"),
+    ("data", "image_size", 16, "'data.image_size' is 16; it must be an integer from 32 to 448"),
+    ("data", "image_size", 4096, "'data.image_size' is 4096"),
+    ("data", "label_noise", 0.95, "'data.label_noise' is 0.95; it must be a number in [0, 0.9]"),
+    ("data", "source", "kaggle", "'data.source' is 'kaggle'; it must be one of packaged, torchvision, idx"),
+    ("data", "selection", "random", "'data.selection' is 'random'; it must be one of first, stratified"),
+    ("train", "device", "tpu", "'train.device' is 'tpu'; it must be auto, cpu, cuda, cuda:N or mps"),
+    ("train", "precision", "fp16", "'train.precision' is 'fp16'; it must be one of auto, fp32, bf16"),
+    ("extract_features", "layers", [], "'extract_features.layers' is []; it must be a non-empty list"),
+    ("extract_features", "layers", ["avgpool", "avgpool"], "'extract_features.layers' is ['avgpool', 'avgpool']"),
+    ("rof", "ranking", "l2", "'rof.ranking' is 'l2'; it must be one of l1, random, ascending"),
+    ("rof", "acc_tolerance", -0.1, "'rof.acc_tolerance' is -0.1"),
+])
+def test_bad_values_are_named_with_what_is_allowed(section, key, value, message):
+    with pytest.raises(PipelineError) as info:
+        validate_params(tiny_params(**{section: {key: value}}))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_and_missing_keys_and_sections():
+    params = tiny_params()
+    params["train"]["epoch"] = 3
+    with pytest.raises(PipelineError, match="unknown key 'train.epoch'; allowed keys: arch, weights"):
+        validate_params(params)
+    params = tiny_params()
+    del params["rof"]["seed"]
+    with pytest.raises(PipelineError, match="missing key 'rof.seed'"):
+        validate_params(params)
+    params = tiny_params()
+    params["trian"] = {}
+    with pytest.raises(PipelineError, match="unknown section 'trian'"):
+        validate_params(params)
+    params = tiny_params()
+    del params["plot"]
+    validate_params(params, ("rof",))               # a stage needs only its own section ...
+    with pytest.raises(PipelineError, match="section 'plot' is missing; it needs the keys dpi"):
+        validate_params(params, ("plot",))         # ... which must be there
+
+
+def test_load_params_reports_bad_yaml(tmp_path):
+    (tmp_path / "params.yaml").write_text("data: [unclosed\n")
+    with pytest.raises(PipelineError, match="params.yaml: not valid YAML"):
+        load_params("data", tmp_path / "params.yaml")
+    with pytest.raises(PipelineError, match="file not found"):
+        load_params("data", tmp_path / "absent.yaml")
+
+
+def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(TINY_PARAMS))
+    data = load_params("data", path, ["data.label_noise=0.2", "data.seed=3"])
+    assert data["label_noise"] == 0.2 and data["seed"] == 3
+    assert TINY_PARAMS["data"]["seed"] == 0                      # the loaded file, not the dict, changed
+    with pytest.raises(PipelineError, match=r"'data.label_noise' is 2; it must be a number in \[0, 0.9\]"):
+        load_params("data", path, ["data.label_noise=2"])
+    with pytest.raises(PipelineError, match="has no key 'data.nosie' to override"):
+        load_params("data", path, ["data.nosie=0.2"])
+    with pytest.raises(PipelineError, match="expected section.key=value"):
+        apply_overrides(TINY_PARAMS, ["seed=3"], path)

@@ -1,0 +1,84 @@
+"""netunits.runtime: one-line errors, devices, precision, memory guards."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from netunits import runtime
+from netunits.errors import PipelineError
+
+
+def test_run_stage_prints_one_line_and_exits_2(capsys):
+    def failing(argv):
+        raise PipelineError("x.pt: broken; allowed: y")
+    with pytest.raises(SystemExit) as info:
+        runtime.run_stage(failing, [])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == "error: x.pt: broken; allowed: y\n"
+
+
+def test_stage_args_defaults_and_options():
+    args = runtime.stage_args("x", [])
+    assert (args.params, args.overrides, args.run_dir) == ("params.yaml", [], Path("."))
+    args = runtime.stage_args("x", ["--params", "study/params.yaml", "--set", "data.seed=1", "--set", "train.seed=1",
+                                    "--run-dir", "runs/a"])
+    assert (args.params, args.overrides, args.run_dir) == ("study/params.yaml", ["data.seed=1", "train.seed=1"],
+                                                           Path("runs/a"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_cuda_is_an_error_and_auto_falls_back():
+    with pytest.raises(PipelineError, match="'train.device' is 'cuda' but no CUDA device is available"):
+        runtime.choose_device("cuda", "train.device")
+    assert runtime.choose_device("auto", "train.device").type in ("cpu", "mps")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="needs a machine without MPS")
+def test_missing_mps_is_an_error():
+    with pytest.raises(PipelineError, match="'extract_features.device' is 'mps' but no MPS device is available"):
+        runtime.choose_device("mps", "extract_features.device")
+
+
+def cpu_flags():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.skipif(cpu_flags() is None, reason="needs /proc/cpuinfo to know the CPU's bf16 support")
+def test_auto_precision_picks_bf16_only_where_the_cpu_has_native_bf16():
+    # the expectation comes from the CPU's own flags, not from the function under test
+    native = bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    cpu = torch.device("cpu")
+    assert runtime.choose_precision("auto", cpu, "k") == ("bf16" if native else "fp32")
+    assert runtime.choose_precision("fp32", cpu, "k") == "fp32"
+    assert runtime.choose_precision("bf16", cpu, "k") == "bf16"
+
+
+def test_resource_guard_refuses_what_does_not_fit(tmp_path):
+    with pytest.raises(PipelineError, match=r"the images would need about .* GiB of memory"):
+        runtime.check_fits(10 * 1024**5, tmp_path, "the images")
+    runtime.check_fits(1024, tmp_path, "the images")
+
+
+def test_release_free_memory_returns_freed_heap_pages():
+    # A fresh interpreter: 4000 heap blocks of 64 KiB are filled, all but the last freed (the last
+    # pins the heap's top, so glibc cannot shrink it by itself); releasing must drop the RSS.
+    code = ("import torch; from netunits import runtime\n"
+            "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20\n"
+            "blocks = [torch.ones(16384) for _ in range(4000)]; pinned = blocks[-1]; del blocks\n"
+            "before = rss(); runtime.release_free_memory(); print(before - rss())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert float(out.stdout) > 150, f"only {out.stdout.strip()} MiB released"
+
+
+def test_progress_is_silent_off_a_terminal(capsys):
+    assert list(runtime.progress(range(3), "x")) == [0, 1, 2]
+    assert capsys.readouterr().err == ""
