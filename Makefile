@@ -4,7 +4,7 @@ PYTHON ?= python3
 # Stages are run by DVC as `python -m stages.<name>`: put the venv first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test bench study clean-venv
+.PHONY: run test bench study cifar clean-venv
 
 $(VENV)/.installed: requirements.txt requirements-data.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ bench: $(VENV)/.installed
 # The generalization study (study/dvc.yaml; profile in study/params.yaml).
 study: $(VENV)/.installed
 	dvc repro study/dvc.yaml
+
+# The released CIFAR-10 ResNet20 ("Decomposing the Deep"; cifar/dvc.yaml, cifar/params.yaml):
+# needs its weights and CIFAR-10, by default from ../shared/data.
+cifar: $(VENV)/.installed
+	dvc repro cifar/dvc.yaml
 
 clean-venv:
 	rm -rf $(VENV)

@@ -65,16 +65,8 @@ def plain_args(params):
 
 
 def make_repo(params):
-    repo = Path(tempfile.mkdtemp(prefix="netunits-bench-"))
-    for code in ("stages", "netunits"):
-        shutil.copytree(ROOT / code, repo / code, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
-                    [str(BIN / "dvc"), "config", "core.analytics", "false"]):
-        subprocess.run(command, cwd=repo, env=ENV, check=True, capture_output=True)
-    return repo
+    from tests.conftest import scratch_repo   # the test suite's scratch git + DVC repository
+    return scratch_repo(Path(tempfile.mkdtemp(prefix="netunits-bench-")), params)
 
 
 def run_pipeline(params):

@@ -64,13 +64,13 @@ DEVICE = (_device, "auto, cpu, cuda, cuda:N or mps")
 PRECISION = choice("auto", "fp32", "bf16")
 THREADS = (_threads, "auto or an integer from 1 to 256")
 SEED = int_range(0, 2**31 - 1)
-LABEL_NOISE = float_range(0, 0.9)  # at 0.9 wrong labels outnumber right ones in every class of 10
+LABEL_NOISE = float_range(0, 0.9)  # prepare_data also keeps it at most (classes - 1) / classes
 
 SCHEMA = {
     "data": {
         "dataset": NAME,                        # a name in netunits.data.DATASETS
-        "source": choice("packaged", "torchvision", "idx"),
-        "idx_dir": (_name, "a folder path (used when source is idx)"),
+        "source": choice("packaged", "torchvision", "idx", "jpeg", "batches"),
+        "dir": (_name, "a folder path (read by the sources idx, jpeg and batches)"),
         "train_size": int_range(1),             # the data set's split size is checked by prepare_data
         "test_size": int_range(1),
         "selection": choice("first", "stratified"),
@@ -106,6 +106,13 @@ SCHEMA = {
         "acc_tolerance": float_range(0, 1),
         "loss_tolerance": float_range(0, 10),
         "seed": SEED,
+    },
+    "influence": {
+        "layer": NAME,
+        "k": list_of(*int_range(1)),
+        "k_image": ((lambda v: v == "same" or int_range(1)[0](v)), "same or an integer >= 1"),
+        "table_k": int_range(1),
+        "noise_seed": SEED,
     },
     "plot": {
         "dpi": int_range(30, 600),

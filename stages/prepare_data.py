@@ -25,7 +25,7 @@ def main(argv=None):
     remove_stale_temps(*outputs.values())
     sizes = {split: params[f"{split}_size"] for split in outputs}
     check_fits(sum(sizes.values()) * spec.channels * params["image_size"] ** 2, out_dir, "the prepared images")
-    splits = spec.load(params["source"], params["idx_dir"], RAW_DIR)
+    splits = spec.load(params["source"], params["dir"], RAW_DIR)
     for split, path in outputs.items():
         images, labels = splits[split]
         indices = select_indices(labels, sizes[split], params["selection"], params["seed"],

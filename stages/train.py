@@ -46,7 +46,7 @@ def main(argv=None):
     seed_everything(params["seed"])
     model = build_model(params["arch"], train["n_classes"])
     if params["weights"] is not None:
-        head_loaded = load_weights(model, params["weights"])
+        head_loaded = load_weights(model, params["weights"], arch=params["arch"])
         if not head_loaded and params["epochs"] == 0:
             raise PipelineError(f"{params['weights']}: its final layer does not have {train['n_classes']} "
                                 f"classes ({train['dataset']}); train it with 'train.epochs' above 0")

@@ -109,11 +109,11 @@ def scratch_repo(folder, params=None, study_params=None):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A folder holding every stage's outputs from one tiny real run (do not modify it)."""
-    from stages import extract_features, plot, prepare_data, rof_sweep, train
+    from stages import extract_features, influential_filters, plot, prepare_data, rof_sweep, train
     folder = tmp_path_factory.mktemp("tiny_run")
     write_params(folder, TINY_PARAMS)
     with working_dir(folder):
-        for stage in (prepare_data, train, extract_features, rof_sweep, plot):
+        for stage in (prepare_data, train, extract_features, rof_sweep, influential_filters, plot):
             assert run_main(stage.main) == 0, stage.__name__
     return folder
 

@@ -31,7 +31,7 @@ def test_default_tiny_and_study_params_are_valid():
     ("data", "image_size", 16, "'data.image_size' is 16; it must be an integer from 32 to 448"),
     ("data", "image_size", 4096, "'data.image_size' is 4096"),
     ("data", "label_noise", 0.95, "'data.label_noise' is 0.95; it must be a number in [0, 0.9]"),
-    ("data", "source", "kaggle", "'data.source' is 'kaggle'; it must be one of packaged, torchvision, idx"),
+    ("data", "source", "kaggle", "'data.source' is 'kaggle'; it must be one of packaged, torchvision, idx, jpeg, batches"),
     ("data", "selection", "random", "'data.selection' is 'random'; it must be one of first, stratified"),
     ("train", "device", "tpu", "'train.device' is 'tpu'; it must be auto, cpu, cuda, cuda:N or mps"),
     ("train", "precision", "fp16", "'train.precision' is 'fp16'; it must be one of auto, fp32, bf16"),

@@ -1,5 +1,6 @@
 """prepare_data, the data-set registry, the MNIST sources (packaged decode, IDX, torchvision),
 selection, resizing and label noise."""
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -79,7 +80,7 @@ def test_idx_folder_round_trip(tmp_path, packaged, compress):
 
 
 def test_idx_errors(tmp_path):
-    with pytest.raises(PipelineError, match="data.idx_dir '.*nowhere': no such folder"):
+    with pytest.raises(PipelineError, match="data.dir '.*nowhere': no such folder"):
         mnist.load_idx(tmp_path / "nowhere")
     with pytest.raises(PipelineError, match="missing train-images-idx3-ubyte"):
         mnist.load_idx(tmp_path)
@@ -148,10 +149,10 @@ def test_stage_writes_compact_subsets(tmp_path, monkeypatch, packaged):
 
 def test_stage_refuses_a_missing_idx_folder_before_writing(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    write_params(tmp_path, tiny_params(data={"source": "idx", "idx_dir": "no/such/dir"}))
+    write_params(tmp_path, tiny_params(data={"source": "idx", "dir": "no/such/dir"}))
     assert run_main(prepare_data.main) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: data.idx_dir 'no/such/dir': no such folder") and err.count("\n") == 1
+    assert err.startswith("error: data.dir 'no/such/dir': no such folder") and err.count("\n") == 1
     assert not (tmp_path / "data/prepared/train.pt").exists()
 
 
@@ -198,7 +199,7 @@ def test_stage_with_label_noise_keeps_the_clean_labels(tmp_path, monkeypatch, pa
 
 
 def test_registry_refuses_unknown_data_sets_and_oversized_subsets(tmp_path, monkeypatch, capsys):
-    with pytest.raises(PipelineError, match="'data.dataset' is 'cifar100'; allowed data sets: mnist"):
+    with pytest.raises(PipelineError, match="'data.dataset' is 'cifar100'; allowed data sets: mnist, cifar10"):
         get_dataset("cifar100")
     spec = DATASETS["mnist"]
     with pytest.raises(PipelineError) as info:
@@ -207,8 +208,12 @@ def test_registry_refuses_unknown_data_sets_and_oversized_subsets(tmp_path, monk
                                "(the train split of mnist)")
     with pytest.raises(PipelineError, match="'data.test_size' is 10001; it must be an integer from 1 to 10000"):
         check_request(spec, {**tiny_params()["data"], "test_size": 10001})
+    check_request(spec, {**tiny_params()["data"], "label_noise": 0.9})
+    two_classes = dataclasses.replace(spec, n_classes=2)
+    with pytest.raises(PipelineError, match="'data.label_noise' is 0.6; with 2 classes it must be at most 0.5"):
+        check_request(two_classes, {**tiny_params()["data"], "label_noise": 0.6})
     # the stage refuses before reading any data
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, tiny_params(data={"dataset": "cifar100"}))
     assert run_main(prepare_data.main) == 2
-    assert capsys.readouterr().err == "error: params.yaml: 'data.dataset' is 'cifar100'; allowed data sets: mnist\n"
+    assert capsys.readouterr().err == "error: params.yaml: 'data.dataset' is 'cifar100'; allowed data sets: mnist, cifar10\n"

@@ -149,21 +149,21 @@ def _find_idx(folder, stem):
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         if (folder / name).exists():
             return folder / name
-    raise PipelineError(f"data.idx_dir '{folder}': missing {stem} (or {stem}.gz); the folder must hold "
+    raise PipelineError(f"data.dir '{folder}': missing {stem} (or {stem}.gz); the folder must hold "
                         f"the four official MNIST IDX files")
 
 
 def load_idx(folder):
     folder = Path(folder)
     if not folder.is_dir():
-        raise PipelineError(f"data.idx_dir '{folder}': no such folder; it must hold the four official "
+        raise PipelineError(f"data.dir '{folder}': no such folder; it must hold the four official "
                             f"MNIST IDX files (gzipped or not)")
     splits = {}
     for name, (image_stem, label_stem) in IDX_FILES.items():
         images = read_idx(_find_idx(folder, image_stem))
         labels = read_idx(_find_idx(folder, label_stem)).to(torch.int64)
         if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-            raise PipelineError(f"data.idx_dir '{folder}': {name} images {tuple(images.shape)} and labels "
+            raise PipelineError(f"data.dir '{folder}': {name} images {tuple(images.shape)} and labels "
                                 f"{tuple(labels.shape)} do not pair up")
         splits[name] = (images, labels)
     return splits
@@ -188,9 +188,9 @@ def load_torchvision(root):
     return splits
 
 
-def load_source(source, idx_dir, raw_dir):
+def load_source(source, folder, raw_dir):
     if source == "packaged":
         return load_packaged()
     if source == "idx":
-        return load_idx(idx_dir)
+        return load_idx(folder)
     return load_torchvision(raw_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from netunits.data import mnist
+from netunits.data import cifar10, mnist
 from netunits.errors import PipelineError
 
 
@@ -22,7 +22,7 @@ class DatasetSpec:
     channels: int
     split_sizes: dict          # split name -> number of images
     sources: tuple             # values of data.source it accepts
-    load: Callable             # load(source, idx_dir, raw_dir) -> splits
+    load: Callable             # load(source, data.dir, raw_dir) -> splits
     description: str
 
 
@@ -30,6 +30,9 @@ DATASETS = {
     "mnist": DatasetSpec("mnist", n_classes=10, channels=1, split_sizes={"train": 60_000, "test": 10_000},
                          sources=("packaged", "idx", "torchvision"), load=mnist.load_source,
                          description="handwritten digits 0-9, 28 x 28 grey (LeCun et al. 1998)"),
+    "cifar10": DatasetSpec("cifar10", n_classes=10, channels=3, split_sizes={"train": 50_000, "test": 10_000},
+                           sources=("jpeg", "batches"), load=cifar10.load_source,
+                           description="32 x 32 colour photographs of 10 classes (Krizhevsky 2009)"),
 }
 
 
@@ -40,10 +43,16 @@ def get_dataset(name, key="data.dataset"):
 
 
 def check_request(spec, params):
-    """Refuse, before any data is read, sizes a split cannot give and sources the data set lacks."""
+    """Refuse, before any data is read, sizes a split cannot give, sources the data set lacks and
+    label noise that leaves nothing to learn."""
     if params["source"] not in spec.sources:
         raise PipelineError(f"params.yaml: 'data.source' is {params['source']!r}; {spec.name} can be read "
                             f"from {', '.join(spec.sources)}")
+    most_noise = (spec.n_classes - 1) / spec.n_classes
+    if params["label_noise"] > most_noise:
+        # beyond this a wrong label is more frequent than the right one in every class
+        raise PipelineError(f"params.yaml: 'data.label_noise' is {params['label_noise']}; with {spec.n_classes} "
+                            f"classes it must be at most {most_noise:.3g}")
     for split, total in spec.split_sizes.items():
         size = params[f"{split}_size"]
         if size > total:

@@ -39,6 +39,13 @@ def _resnet18_here():
     return resnet18(), use_small_map_convs
 
 
+def _cifar_resnet(depth):
+    def build():
+        from netunits.models.cifar_resnet import cifar_resnet
+        return cifar_resnet(depth), None
+    return build
+
+
 def _torchvision(name):
     def build():
         from netunits.torchvision_compat import torchvision_models
@@ -51,6 +58,7 @@ class Architecture:
     build: Callable        # () -> (model with its default head, accelerator applied after the head or None)
     in_channels: int
     description: str
+    renames: tuple = ()    # (prefix in released weights files, prefix here), applied by load_weights
 
 
 ARCHITECTURES = {
@@ -60,6 +68,10 @@ ARCHITECTURES = {
                                                "small-map convolutions"),
     **{f"torchvision:{name}": Architecture(_torchvision(name), 3, f"torchvision.models.{name}")
        for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")},
+    # He et al.'s CIFAR ResNets with akamaster/pytorch_resnet_cifar10's key names (head `linear`)
+    **{f"cifar_resnet{depth}": Architecture(_cifar_resnet(depth), 3, f"CIFAR ResNet{depth}, option-A shortcuts",
+                                           renames=(("linear.", "fc."),))
+       for depth in (20, 32, 44, 56, 110)},
 }
 
 
@@ -80,7 +92,7 @@ def build_model(arch, n_classes):
     return accelerate(model) if accelerate else model
 
 
-def _state_dict_of(obj):
+def _state_dict_of(obj, renames=()):
     """A state dict from a weights file: the dict itself, or its 'state_dict' / 'model' entry;
     DataParallel's 'module.' prefixes removed (Places365's released weights have them)."""
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -89,10 +101,16 @@ def _state_dict_of(obj):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         return None
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    state = {}
+    for key, value in obj.items():
+        key = key.removeprefix("module.")
+        for old, new in renames:
+            key = new + key[len(old):] if key.startswith(old) else key
+        state[key] = value
+    return state
 
 
-def load_weights(model, path, key="train.weights"):
+def load_weights(model, path, key="train.weights", arch=None):
     """Copy a local weights file into `model`. Every key must be there with the model's shape,
     except the head (fc.*), which is kept as initialised when its class count differs. Returns
     True if the head was loaded too."""
@@ -101,7 +119,8 @@ def load_weights(model, path, key="train.weights"):
         raise PipelineError(f"params.yaml: '{key}' is '{path}': file not found; it must be a local "
                             f"weights file (a state dict saved with torch.save)")
     try:
-        state = _state_dict_of(torch.load(path, map_location="cpu", weights_only=True))
+        renames = get_architecture(arch).renames if arch else ()
+        state = _state_dict_of(torch.load(path, map_location="cpu", weights_only=True), renames)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(f"{path}: not a weights file ({reason[:160]})") from None
@@ -112,6 +131,8 @@ def load_weights(model, path, key="train.weights"):
     for name, tensor in own.items():
         if name.startswith("fc.") and not head_fits:
             continue
+        if name not in state and name.endswith("num_batches_tracked"):
+            continue           # a counter older weights files lack; evaluation never reads it
         if name not in state:
             raise PipelineError(f"{path}: does not fit the architecture: key '{name}' is missing")
         if state[name].shape != tensor.shape:

@@ -1,0 +1,129 @@
+"""CIFAR-10 (Krizhevsky 2009) from a folder (param `data.dir`), in one of two layouts:
+
+- `jpeg`: `<split>/<class>/<NNNN>.jpg` files, either as folders `train/` and `test/` or as the
+  archives `train.tar` and `test.tar` (the layout of the JPEG copy in ../shared/data/cifar10-jpeg);
+- `batches`: the official python batches (`data_batch_1` ... `data_batch_5`, `test_batch`, as
+  torchvision's CIFAR10 downloads them; the folder may be `cifar-10-batches-py` itself or hold it).
+
+The order of a split: for JPEG files by file number, then class (so the first N images are
+balanced across classes); for the batches, the official order. Images are uint8 N x 3 x 32 x 32.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from netunits.errors import PipelineError
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SPLITS = ("train", "test")
+BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+def _decode_jpeg(data, what):
+    from PIL import Image
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as exc:
+        raise PipelineError(f"{what}: not a readable JPEG image ({exc})") from None
+
+
+def _jpeg_entries(folder, split):
+    """(number, class index, name, reader) for every JPEG of a split, from a folder or a tar."""
+    split_dir, archive = folder / split, folder / f"{split}.tar"
+    entries = []
+    if split_dir.is_dir():
+        for label, name in enumerate(CLASSES):
+            class_dir = split_dir / name
+            if not class_dir.is_dir():
+                raise PipelineError(f"data.dir '{folder}': {split}/{name}/ is missing; a CIFAR-10 JPEG folder "
+                                    f"holds train/ and test/ with one folder per class ({', '.join(CLASSES)})")
+            entries += [(path.stem, label, str(path), path.read_bytes) for path in class_dir.glob("*.jpg")]
+        return entries, None
+    if archive.is_file():
+        handle = tarfile.open(archive)
+        for member in handle:
+            parts = member.name.split("/")
+            if member.isfile() and len(parts) == 3 and parts[0] == split and parts[2].endswith(".jpg") \
+                    and parts[1] in CLASSES:
+                entries.append((parts[2][:-4], CLASSES.index(parts[1]), f"{archive}:{member.name}",
+                                lambda member=member: handle.extractfile(member).read()))
+        present = {label for _, label, _, _ in entries}
+        missing = [name for label, name in enumerate(CLASSES) if label not in present]
+        if missing:
+            handle.close()
+            raise PipelineError(f"data.dir '{folder}': {archive.name} has no images of class {missing[0]}; it must "
+                                f"hold {split}/<class>/<NNNN>.jpg for every class ({', '.join(CLASSES)})")
+        return entries, handle
+    raise PipelineError(f"data.dir '{folder}': no {split}/ folder and no {split}.tar; it must hold the CIFAR-10 "
+                        f"JPEG files as {split}/<class>/<NNNN>.jpg (data.source jpeg)")
+
+
+def load_jpeg(folder):
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PipelineError(f"data.dir '{folder}': no such folder; it must hold CIFAR-10 as train/ and test/ "
+                            f"JPEG folders or train.tar and test.tar (e.g. ../shared/data/cifar10-jpeg)")
+    splits = {}
+    for split in SPLITS:
+        entries, handle = _jpeg_entries(folder, split)
+        try:
+            entries.sort(key=lambda e: (int(e[0]) if e[0].isdigit() else 0, e[0], e[1]))
+            images = np.stack([_decode_jpeg(read(), name) for _, _, name, read in entries])
+        finally:
+            if handle is not None:
+                handle.close()
+        if images.shape[1:] != (32, 32, 3):
+            raise PipelineError(f"data.dir '{folder}': {split} images are {images.shape[1:3]} pixels; CIFAR-10's "
+                                f"are 32 x 32")
+        splits[split] = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                         torch.tensor([label for _, label, _, _ in entries], dtype=torch.int64))
+    return splits
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """The python batches hold a dict of numpy arrays, lists and bytes; nothing else is admitted."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        if module == "numpy.core.multiarray" and hasattr(np, "_core"):
+            module = "numpy._core.multiarray"
+        return super().find_class(module, name)
+
+
+def load_batches(folder):
+    folder = Path(folder)
+    if (folder / "cifar-10-batches-py").is_dir():
+        folder = folder / "cifar-10-batches-py"
+    splits = {}
+    for split, names in BATCHES.items():
+        images, labels = [], []
+        for name in names:
+            path = folder / name
+            if not path.is_file():
+                raise PipelineError(f"data.dir '{folder}': {name} is missing; it must hold the CIFAR-10 python "
+                                    f"batches ({', '.join(BATCHES['train'] + BATCHES['test'])})")
+            try:
+                with open(path, "rb") as handle:
+                    batch = _BatchUnpickler(handle, encoding="bytes").load()
+                data, batch_labels = batch[b"data"], batch[b"labels"]
+            except Exception as exc:
+                raise PipelineError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
+            images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels += list(batch_labels)
+        splits[split] = (torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
+    return splits
+
+
+def load_source(source, folder, _raw_dir):
+    return load_jpeg(folder) if source == "jpeg" else load_batches(folder)
