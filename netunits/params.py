@@ -114,6 +114,23 @@ SCHEMA = {
         "table_k": int_range(1),
         "noise_seed": SEED,
     },
+    "probe": {
+        "source": choice("mnist", "broden"),
+        "dir": (_name, "a folder path (read when source is broden)"),
+        "size": int_range(1),
+        "mask_size": int_range(8, 448),
+    },
+    "dissect": {
+        "layers": list_of(_name, "a module name of the model"),
+        "quantile": ((lambda v: float_range(0, 1)[0](v) and 0 < v < 1), "a number in (0, 1)"),
+        "iou_threshold": float_range(0, 1),
+        "rof_layer": NAME,
+        "top_images": int_range(1, 50),
+        "batch_size": int_range(1, 65536),
+        "device": DEVICE,
+        "precision": PRECISION,
+        "threads": THREADS,
+    },
     "plot": {
         "dpi": int_range(30, 600),
     },

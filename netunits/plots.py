@@ -127,3 +127,57 @@ def ratios_figure(rows, noise_levels, definition, corr, metric_names=("acc", "lo
                     f"dots: runs, squares: mean ± sd over seeds")
     figure.tight_layout()
     return figure
+
+
+def probe_figure(images, masks, names):
+    """A few probe images (uint8 N x S x S) and their pixel-level concept masks (bool N x C x M x M)."""
+    n, n_concepts = masks.shape[:2]
+    figure, axes = plt.subplots(n, n_concepts + 1, figsize=(1.1 * (n_concepts + 1), 1.2 * n))
+    for row in range(n):
+        axes[row, 0].imshow(images[row], cmap="gray")
+        for col in range(n_concepts):
+            axes[row, col + 1].imshow(masks[row, col], cmap="magma", vmin=0, vmax=1)
+    for col, title in enumerate(["image"] + list(names)):
+        axes[0, col].set_title(title.replace("_", "\n"), fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.suptitle("Probe digits and their concept masks")
+    figure.tight_layout()
+    return figure
+
+
+def concepts_per_layer_figure(counts):
+    """counts: {layer: {concept: detectors}}; one bar chart per layer (the source document's)."""
+    figure, axes = plt.subplots(len(counts), 1, figsize=(11, 2.6 * len(counts)), squeeze=False)
+    for ax, (layer, per_concept) in zip(axes[:, 0], counts.items()):
+        items = sorted(per_concept.items(), key=lambda kv: (-kv[1], kv[0]))
+        ax.bar(range(len(items)), [v for _, v in items], color="tab:blue")
+        ax.set_xticks(range(len(items)), [k for k, _ in items], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("detectors")
+        ax.set_title(f"{layer}: {sum(per_concept.values())} detectors of {len(items)} concepts", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    figure.suptitle("Units per concept (best concept, IoU at or above the threshold)")
+    figure.tight_layout()
+    return figure
+
+
+def strips_figure(rows):
+    """rows: (title, [(image S x S uint8, unit mask M x M bool), ...]); NetDissect's image strips."""
+    n_cols = max(len(images) for _, images in rows)
+    figure, axes = plt.subplots(len(rows), n_cols, figsize=(1.3 * n_cols, 1.45 * len(rows)), squeeze=False)
+    for r, (title, images) in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(images):
+                ax.axis("off")
+                continue
+            image, mask = images[c]
+            ax.imshow(image, cmap="gray", extent=(0, 1, 1, 0))
+            ax.imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.55, extent=(0, 1, 1, 0))
+        axes[r, 0].set_ylabel(title, fontsize=7, rotation=0, ha="right", va="center")
+    figure.suptitle("Top-activating probe images with the unit's mask (best detectors)")
+    figure.tight_layout()
+    return figure

@@ -23,6 +23,8 @@ TINY_PARAMS["data"].update(train_size=300, test_size=200, image_size=32)
 TINY_PARAMS["train"].update(epochs=2, batch_size=50, eval_batch_size=100)
 TINY_PARAMS["extract_features"].update(batch_size=100)
 TINY_PARAMS["plot"].update(dpi=50)
+TINY_PARAMS["probe"].update(size=60, mask_size=16)
+TINY_PARAMS["dissect"].update(batch_size=30)
 
 
 def tiny_params(**sections):
@@ -109,11 +111,13 @@ def scratch_repo(folder, params=None, study_params=None):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A folder holding every stage's outputs from one tiny real run (do not modify it)."""
-    from stages import extract_features, influential_filters, plot, prepare_data, rof_sweep, train
+    from stages import (dissect, dissect_report, extract_features, influential_filters, plot, prepare_data,
+                        probe_concepts, rof_sweep, train)
     folder = tmp_path_factory.mktemp("tiny_run")
     write_params(folder, TINY_PARAMS)
     with working_dir(folder):
-        for stage in (prepare_data, train, extract_features, rof_sweep, influential_filters, plot):
+        for stage in (prepare_data, train, extract_features, rof_sweep, influential_filters, plot, probe_concepts,
+                      dissect, dissect_report):
             assert run_main(stage.main) == 0, stage.__name__
     return folder
 

@@ -12,14 +12,15 @@ import yaml
 
 from conftest import ENV, ROOT, dvc, lock_hashes, scratch_repo, sh, stages_run, tiny_params, write_params
 
-STAGES = ["prepare_data", "train", "extract_features", "rof_sweep", "influential_filters", "plot"]
+STAGES = ["prepare_data", "train", "extract_features", "rof_sweep", "influential_filters", "plot", "probe_concepts",
+          "dissect", "dissect_report"]
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     repo = scratch_repo(tmp_path_factory.mktemp("repo"))
     first = dvc(repo, "repro")
-    assert stages_run(first.stdout) == STAGES, first.stdout
+    assert sorted(stages_run(first.stdout)) == sorted(STAGES), first.stdout
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny run")
     return repo
@@ -52,7 +53,7 @@ def test_a_rof_param_reruns_only_rof_sweep_and_the_stages_that_read_it(repo):
     write_params(repo, tiny_params(rof={"ranking": "ascending"}))
     try:
         ran = stages_run(dvc(repo, "repro").stdout)
-        assert ran[0] == "rof_sweep" and sorted(ran[1:]) == ["influential_filters", "plot"]
+        assert ran[0] == "rof_sweep" and sorted(ran[1:]) == ["dissect_report", "influential_filters", "plot"]
         write_params(repo, tiny_params(rof={"ranking": "ascending"}, train={"lr": 0.002}))
         # A dry run names the first stage to rerun (what follows depends on train's new outputs):
         # train, never prepare_data.
@@ -62,9 +63,18 @@ def test_a_rof_param_reruns_only_rof_sweep_and_the_stages_that_read_it(repo):
         dvc(repo, "repro")
 
 
+def test_the_iou_threshold_reruns_only_the_dissection_report(repo):
+    write_params(repo, tiny_params(dissect={"iou_threshold": 0.2}))
+    try:
+        assert stages_run(dvc(repo, "repro").stdout) == ["dissect_report"]
+    finally:
+        write_params(repo, tiny_params())
+        dvc(repo, "repro")
+
+
 def test_rerun_with_same_params_is_byte_identical(repo):
     before = lock_hashes(repo)
-    assert stages_run(dvc(repo, "repro", "-f").stdout) == STAGES
+    assert sorted(stages_run(dvc(repo, "repro", "-f").stdout)) == sorted(STAGES)
     assert lock_hashes(repo) == before
     assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
 

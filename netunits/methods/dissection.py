@@ -1,0 +1,103 @@
+"""Network dissection (Bau et al. 2017) as streaming statistics on tensors.
+
+A unit's threshold is the `quantile` (default 0.995) of its activations over every probe image
+and position; its mask on an image is its activation map, upsampled bilinearly to the concept
+masks' size, at or above the threshold. IoU(unit, concept) = sum over images of |unit mask AND
+concept mask| / sum over images of |unit mask OR concept mask|, where an image-level concept is
+a mask over the whole image, and, as the original NetDissect does, the unit's part of the union
+counts only images on which the concept's category is annotated (NetDissect-Lite counts every
+image, which lowers the IoU of concepts annotated on few images).
+
+Everything accumulates batch by batch, so no map of any layer is held beyond its batch:
+TopValues keeps each unit's largest activations, enough for the exact quantile; IoUTally keeps
+the intersection and area counts.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def values_needed(n_values, quantile):
+    """How many of the largest values numpy's (linear) quantile of n_values reads."""
+    return n_values - math.floor((n_values - 1) * quantile)
+
+
+class TopValues:
+    """Each unit's `keep` largest values seen so far (units x values, descending)."""
+
+    def __init__(self, n_units, keep):
+        self.keep = keep
+        self.values = torch.empty(n_units, 0)
+
+    def update(self, values):
+        """values: units x n (any n)."""
+        merged = torch.cat([self.values, values.float()], dim=1)
+        self.values = merged.topk(min(self.keep, merged.shape[1]), dim=1).values
+
+
+def quantile_from_top(top_descending, n_values, quantile):
+    """numpy.quantile(all values, quantile) per unit, from the largest values only (exact)."""
+    h = (n_values - 1) * quantile
+    lo, hi = math.floor(h), math.ceil(h)
+    # ascending position i is descending position n_values - 1 - i
+    below, above = top_descending[:, n_values - 1 - lo], top_descending[:, n_values - 1 - hi]
+    return below + (h - lo) * (above - below)
+
+
+def unit_masks(maps, thresholds, mask_size):
+    """Bool images x units x (mask_size^2): maps upsampled bilinearly, at or above the threshold."""
+    if maps.shape[-1] != mask_size or maps.shape[-2] != mask_size:
+        maps = F.interpolate(maps.float(), size=(mask_size, mask_size), mode="bilinear", align_corners=False)
+    return (maps >= thresholds.view(1, -1, 1, 1)).flatten(2)
+
+
+class IoUTally:
+    """Intersections and areas for IoU(unit, concept), added up over batches of images.
+
+    concept_category: for each concept (pixel-level first, then image-level) its category index.
+    """
+
+    def __init__(self, n_units, n_pixel_concepts, n_image_concepts, concept_category, n_categories):
+        n_concepts = n_pixel_concepts + n_image_concepts
+        self.n_pixel = n_pixel_concepts
+        self.category = torch.as_tensor(concept_category, dtype=torch.int64)
+        self.intersection = torch.zeros(n_units, n_concepts, dtype=torch.float64)
+        self.unit_area = torch.zeros(n_units, n_categories, dtype=torch.float64)
+        self.concept_area = torch.zeros(n_concepts, dtype=torch.float64)
+
+    def update(self, masks, pixel_masks, image_labels, annotated):
+        """masks: bool B x units x P; pixel_masks: bool B x pixel concepts x P; image_labels: bool
+        B x image concepts; annotated: bool B x categories."""
+        positions = masks.shape[2]
+        as_float = masks.float()
+        # sums of at most B * P ones per entry: exact in float32 below 2^24
+        self.intersection[:, :self.n_pixel] += torch.bmm(as_float, pixel_masks.float().transpose(1, 2)).sum(0).double()
+        area = as_float.sum(dim=2).double()                                        # B x units
+        self.intersection[:, self.n_pixel:] += area.T @ image_labels.double()
+        self.unit_area += area.T @ annotated.double()
+        self.concept_area[:self.n_pixel] += pixel_masks.sum(dim=(0, 2)).double()
+        self.concept_area[self.n_pixel:] += image_labels.sum(dim=0).double() * positions
+
+    def iou(self):
+        """units x concepts."""
+        return iou_from_counts(self.intersection, self.unit_area, self.concept_area, self.category)
+
+
+def iou_from_counts(intersection, unit_area, concept_area, category):
+    union = unit_area[:, category] + concept_area[None, :] - intersection
+    return torch.where(union > 0, intersection / union.clamp_min(1e-12), torch.zeros_like(union))
+
+
+def best_concepts(iou, n=3):
+    """(values, indices) of each unit's n best concepts, best first; ties to the lower index."""
+    order = torch.sort(-iou, dim=1, stable=True).indices[:, :n]
+    return iou.gather(1, order), order
+
+
+def dissect_batch_chunks(n_images, n_units, positions, budget=1 << 24):
+    """Image chunks whose unit masks stay under `budget` elements (64 MiB in float32)."""
+    step = max(1, budget // max(1, n_units * positions))
+    return [(start, min(n_images, start + step)) for start in range(0, n_images, step)]

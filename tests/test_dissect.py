@@ -1,0 +1,70 @@
+"""probe_concepts, dissect and dissect_report on the tiny run: outputs agree, bad input is one line."""
+import json
+
+import pytest
+import torch
+
+from conftest import run_main, tiny_params, write_params
+from netunits.data.probe import load_probe
+from netunits.files import read_csv
+from stages import dissect, dissect_report, probe_concepts
+
+
+
+@pytest.fixture
+def dissected(project):
+    """The tiny run (conftest): 60 probe digits, masks at 16 px, layer2, layer3 and layer4."""
+    return project
+
+
+def test_probe_set_is_the_digits_after_the_rof_test_subset(dissected):
+    probe = load_probe("data/probe/probe.pt")
+    test = torch.load("data/prepared/test.pt", weights_only=True)
+    assert probe["indices"].tolist() == list(range(200, 260))              # tiny test subset: the first 200
+    assert probe["images"].shape == (60, 1, 32, 32) and probe["mask_size"] == 16
+    assert not set(probe["indices"].tolist()) & set(test["indices"].tolist())
+    names = [c["name"] for c in probe["concepts"]]
+    digits = probe["image_labels"][:, names.index("digit_0") - probe["pixel_masks"].shape[1]:][:, :10]
+    assert torch.equal(digits.float().argmax(1), probe["labels"]) and (digits.sum(1) == 1).all()
+    assert (dissected / "artifacts/plots/probe_concepts.png").stat().st_size > 0
+
+
+def test_tables_metrics_and_the_rof_join_agree(dissected):
+    metrics = json.loads((dissected / "artifacts/metrics/dissect.json").read_text())
+    for layer, units in (("layer2", 128), ("layer3", 256), ("layer4", 512)):
+        table = read_csv(dissected / f"artifacts/dissect/{layer}.csv", numeric=False)
+        assert len(table["unit"]) == units and metrics["layers"][layer]["units"] == units
+        ious = [float(v) for v in table["iou"]]
+        detectors = [int(v) for v in table["detector"]]
+        assert detectors == [int(v >= 0.04) for v in ious] and sum(detectors) == metrics["layers"][layer]["detectors"]
+        assert all(float(a) >= float(b) >= float(c) for a, b, c in zip(table["iou"], table["iou_2"], table["iou_3"]))
+    joined = read_csv(dissected / "artifacts/dissect/unit_roles.csv", numeric=False)
+    layer4 = read_csv(dissected / "artifacts/dissect/layer4.csv", numeric=False)
+    roles = read_csv(dissected / "artifacts/rof/unit_roles.csv", numeric=False)
+    assert joined["concept"] == layer4["concept"] and joined["category_acc"] == roles["category_acc"]
+    assert sum(m["units"] for m in metrics["by_role"].values()) == 512
+    for name in ("dissect_concepts.png", "dissect_strips.png"):
+        assert (dissected / "artifacts/plots" / name).stat().st_size > 0
+
+
+def test_a_higher_iou_threshold_changes_only_the_report(dissected):
+    tallies = (dissected / "artifacts/dissect/tallies.pt").read_bytes()
+    write_params(dissected, tiny_params(dissect={"iou_threshold": 0.5}))
+    assert run_main(dissect_report.main) == 0
+    metrics = json.loads((dissected / "artifacts/metrics/dissect.json").read_text())
+    assert metrics["iou_threshold"] == 0.5 and (dissected / "artifacts/dissect/tallies.pt").read_bytes() == tallies
+
+
+def test_bad_layer_and_rof_layer_are_one_line(dissected, capsys):
+    write_params(dissected, tiny_params(dissect={"layers": ["layer2", "layer9"]}))
+    assert run_main(dissect.main) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: params.yaml: 'dissect.layers' is 'layer9'; the model's layers are conv1") and \
+        err.count("\n") == 1
+    write_params(dissected, tiny_params(dissect={"rof_layer": "layer3"}))
+    assert run_main(dissect_report.main) == 2
+    assert "'dissect.rof_layer' is 'layer3', whose 256 units are not ROF's 512" in capsys.readouterr().err
+    write_params(dissected, tiny_params(probe={"size": 9900}))
+    assert run_main(probe_concepts.main) == 2
+    assert "'probe.size' is 9900; after the 200 ROF test digits the test split has 9800 left" in \
+        capsys.readouterr().err

@@ -1,0 +1,112 @@
+"""netunits.methods.dissection and netunits.concepts on inputs checked by hand or by brute force."""
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import binary_dilation
+from skimage.draw import circle_perimeter, line
+
+from netunits.concepts import IMAGE_CONCEPTS, PIXEL_CONCEPTS, concept_annotations, digit_geometry, pixel_masks
+from netunits.data.probe import pack_masks, unpack_masks
+from netunits.methods import dissection
+
+PIXEL_NAMES = [c[0] for c in PIXEL_CONCEPTS]
+
+
+@pytest.mark.parametrize("n_values,quantile", [(10, 0.995), (137, 0.9), (1000, 0.995), (1000, 0.5), (3, 0.25)])
+def test_streamed_threshold_is_numpys_quantile(n_values, quantile):
+    values = torch.rand(4, n_values, generator=torch.Generator().manual_seed(n_values))
+    top = dissection.TopValues(4, dissection.values_needed(n_values, quantile))
+    for chunk in values.split(7, dim=1):
+        top.update(chunk)
+    expected = np.quantile(values.numpy(), quantile, axis=1)
+    assert np.allclose(dissection.quantile_from_top(top.values, n_values, quantile).numpy(), expected,
+                       rtol=1e-6, atol=1e-7)
+
+
+def brute_force_iou(unit, pixel, image, annotated, category):
+    """Per unit and concept, one image at a time, in numpy: NetDissect's definition."""
+    n, n_units, positions = unit.shape
+    n_pixel = pixel.shape[1]
+    iou = np.zeros((n_units, n_pixel + image.shape[1]))
+    for u in range(n_units):
+        for c in range(iou.shape[1]):
+            inter = union_unit = area_concept = 0
+            for i in range(n):
+                concept = pixel[i, c] if c < n_pixel else np.full(positions, image[i, c - n_pixel])
+                inter += np.logical_and(unit[i, u], concept).sum()
+                area_concept += concept.sum()
+                if annotated[i, category[c]]:
+                    union_unit += unit[i, u].sum()
+            union = union_unit + area_concept - inter
+            iou[u, c] = inter / union if union else 0.0
+    return iou
+
+
+def test_vectorised_iou_equals_brute_force():
+    rng = np.random.default_rng(0)
+    unit = rng.random((6, 5, 20)) < 0.3
+    pixel = rng.random((6, 3, 20)) < 0.4
+    image = rng.random((6, 2)) < 0.5
+    category = [0, 0, 1, 2, 2]
+    annotated = rng.random((6, 3)) < 0.7
+    tally = dissection.IoUTally(5, 3, 2, category, 3)
+    for batch in (slice(0, 4), slice(4, 6)):
+        tally.update(torch.from_numpy(unit[batch]), torch.from_numpy(pixel[batch]), torch.from_numpy(image[batch]),
+                     torch.from_numpy(annotated[batch]))
+    assert np.allclose(tally.iou().numpy(), brute_force_iou(unit, pixel, image, annotated, category))
+
+
+def test_a_unit_that_is_a_concept_gets_iou_one():
+    concept = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(1)) > 0.5
+    maps = concept.float() * 3.0                                # active exactly where the concept is
+    masks = dissection.unit_masks(maps, torch.tensor([1.5]), 4)
+    tally = dissection.IoUTally(1, 1, 0, [0], 1)
+    tally.update(masks, concept.flatten(2), torch.zeros(8, 0, dtype=torch.bool), torch.ones(8, 1, dtype=torch.bool))
+    assert tally.iou().tolist() == [[1.0]]
+    values, indices = dissection.best_concepts(torch.tensor([[0.125, 0.375, 0.375, 0.25]]), 3)
+    assert indices.tolist() == [[1, 2, 3]] and values.tolist() == [[0.375, 0.375, 0.25]]
+
+
+def test_masks_round_trip_bit_packed():
+    masks = np.random.default_rng(2).random((3, 4, 5, 5)) < 0.5           # 25 bits: not a whole byte
+    packed = pack_masks(masks)
+    assert packed.shape == (3, 4, 4) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_masks(packed, 5), torch.from_numpy(masks.reshape(3, 4, 25)))
+
+
+def draw(segments=(), circles=(), size=56):
+    image = np.zeros((size, size), dtype=bool)
+    for r0, c0, r1, c1 in segments:
+        rows, cols = line(r0, c0, r1, c1)
+        image[rows, cols] = True
+    for row, col, radius in circles:
+        rows, cols = circle_perimeter(row, col, radius)
+        image[rows, cols] = True
+    return binary_dilation(image, iterations=2).astype(float)
+
+
+def test_holes_endpoints_and_junctions_of_drawn_digits():
+    zero, eight = draw(circles=[(28, 28, 15)]), draw(circles=[(17, 28, 9), (38, 28, 10)])
+    one = draw(segments=[(8, 28, 48, 28)])
+    four = draw(segments=[(8, 16, 32, 10), (32, 10, 32, 44), (8, 34, 48, 34)])   # two strokes crossing
+    assert [digit_geometry(d)["n_holes"] for d in (zero, eight, one, four)] == [1, 2, 0, 0]
+    masks = {name: pixel_masks(digit_geometry(four), (2.0, 6.0)) for name in ("four",)}["four"]
+    endpoint, junction = masks[PIXEL_NAMES.index("endpoint")], masks[PIXEL_NAMES.index("junction")]
+    for row, col in ((8, 16), (32, 44), (8, 34), (48, 34)):                   # the stroke ends
+        assert endpoint[row - 3:row + 4, col - 3:col + 4].any(), (row, col)
+    assert junction[29:36, 31:38].any()                                      # where the bar crosses the stem
+    assert not junction[:, :5].any() and not endpoint[20:26, 30:38].any()
+    one_masks = pixel_masks(digit_geometry(one), (2.0, 6.0))
+    assert one_masks[PIXEL_NAMES.index("vertical")].sum() > 0.8 * one_masks[PIXEL_NAMES.index("stroke")].sum()
+    assert not one_masks[PIXEL_NAMES.index("hole")].any() and not one_masks[PIXEL_NAMES.index("junction")].any()
+
+
+def test_image_level_concepts_of_a_probe_set():
+    digits = np.stack([draw(circles=[(28, 28, 15)]), draw(circles=[(17, 28, 9), (38, 28, 10)]),
+                       draw(segments=[(48, 20, 8, 36)])])                    # 0, 8, and a 1 leaning right
+    masks, labels = concept_annotations(digits, [0, 8, 1])
+    assert masks.shape == (3, len(PIXEL_CONCEPTS), 56, 56) and labels.shape == (3, len(IMAGE_CONCEPTS))
+    on = [{IMAGE_CONCEPTS[j][0] for j in np.flatnonzero(row)} for row in labels]
+    assert {"digit_0", "holes_1", "upright"} <= on[0] and {"digit_8", "holes_2"} <= on[1]
+    assert {"digit_1", "holes_0", "slant_right"} <= on[2]
+    assert all(len(names & {"small", "large"}) == 1 and len(names & {"thin", "medium", "thick"}) == 1 for names in on)
