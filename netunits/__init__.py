@@ -2,17 +2,22 @@
 
 Modules, in the order their imports point (each imports only modules above it):
 
-    errors       the one exception a user sees, as one line
-    files        atomic writes, checked loading, CSV and JSON tables, file digests
-    params       the params schema (one section per stage) and its validation
-    runtime      running a stage, device, precision, threads, seeding, memory guards, progress
-    data/        data-set registry (MNIST), subset selection, label noise, the prepared format
-    models/      model registry (ResNet18 built here, torchvision architectures), checkpoints
-    activations  forward hooks by module name: pooled features and spatial maps of any layer
-    training     the training loop
-    methods/     the analysis methods, pure functions on tensors (rof)
-    study        statistics over many runs (correlations, summary tables)
-    plots        the figures
+    errors              the one exception a user sees, as one line
+    files               atomic writes, checked loading, CSV and JSON tables, file digests
+    params              the params schema (one section per stage) and its validation
+    runtime             a stage's command line, device, precision, threads, seeding, memory guards
+    torchvision_compat  torchvision beside a CPU-only torch (the one shim)
+    data/               data sets (registry, MNIST, CIFAR-10, safe unpickling), subsets and label
+                        noise, the prepared format, probe sets (the format, Broden-format folders)
+    concepts            concept masks of handwritten digits (scikit-image), for the MNIST probe
+    models/             architecture registry, ResNet18 built here with its small-map
+                        convolutions, CIFAR ResNets, input transform, checkpoints
+    activations         forward hooks by module name: pooled features and spatial maps
+    training            the training loop
+    methods/            the analysis methods, pure functions on tensors: rof, influence,
+                        dissection
+    study               statistics over many runs (correlations, summary tables)
+    plots               the figures
 
-This file imports nothing, so editing it reruns no stage.
+The package files (__init__.py) import nothing, so editing one reruns no stage.
 """
