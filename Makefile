@@ -18,7 +18,7 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	python -m pytest -q tests
 
-# plain and pipeline twice each, alternating (about 26 minutes on 2 cores); see README
+# plain and pipeline twice each, alternating (10 to 26 minutes on 2 cores); see docs/performance.md
 bench: $(VENV)/.installed
 	python -m bench.run --repeats 2
 

@@ -39,6 +39,10 @@ def test_default_tiny_and_study_params_are_valid():
     ("extract_features", "layers", ["avgpool", "avgpool"], "'extract_features.layers' is ['avgpool', 'avgpool']"),
     ("rof", "ranking", "l2", "'rof.ranking' is 'l2'; it must be one of l1, random, ascending"),
     ("rof", "acc_tolerance", -0.1, "'rof.acc_tolerance' is -0.1"),
+    ("dissect", "quantile", 1.0, "'dissect.quantile' is 1.0; it must be a number in (0, 1)"),
+    ("dissect", "quantile", 0, "'dissect.quantile' is 0; it must be a number in (0, 1)"),
+    ("probe", "source", "coco", "'probe.source' is 'coco'; it must be one of mnist, broden"),
+    ("influence", "k_image", 0, "'influence.k_image' is 0; it must be same or an integer >= 1"),
 ])
 def test_bad_values_are_named_with_what_is_allowed(section, key, value, message):
     with pytest.raises(PipelineError) as info:
