@@ -131,6 +131,10 @@ SCHEMA = {
         "precision": PRECISION,
         "threads": THREADS,
     },
+    "report": {
+        "layer": NAME,
+        "thumbnail": int_range(16, 224),
+    },
     "plot": {
         "dpi": int_range(30, 600),
     },

@@ -132,7 +132,7 @@ def ratios_figure(rows, noise_levels, definition, corr, metric_names=("acc", "lo
 def probe_figure(images, masks, names):
     """A few probe images (uint8 N x S x S) and their pixel-level concept masks (bool N x C x M x M)."""
     n, n_concepts = masks.shape[:2]
-    figure, axes = plt.subplots(n, n_concepts + 1, figsize=(1.1 * (n_concepts + 1), 1.2 * n))
+    figure, axes = plt.subplots(n, n_concepts + 1, figsize=(1.1 * (n_concepts + 1), 1.2 * n), squeeze=False)
     for row in range(n):
         axes[row, 0].imshow(images[row], cmap="gray")
         for col in range(n_concepts):

@@ -1,6 +1,7 @@
 """Stage dissect: the activation passes of network dissection over the probe set, for every layer
 of dissect.layers: each unit's threshold (the dissect.quantile of its activations) in a first
-pass, the IoU counts against every concept and each unit's top-activating images in a second.
+pass, the IoU counts against every concept, each unit's activation histogram and its
+top-activating images in a second.
 
 Reads params `dissect` (but iou_threshold and rof_layer, which only dissect_report reads),
 artifacts/train/model.pt and data/probe/probe.pt; writes artifacts/dissect/tallies.pt: per
@@ -12,10 +13,13 @@ from netunits.activations import iterate_activations
 from netunits.data.probe import load_probe, unpack_masks
 from netunits.errors import PipelineError
 from netunits.files import remove_stale_temps, save_torch
-from netunits.methods.dissection import (IoUTally, TopValues, dissect_batch_chunks, quantile_from_top,
-                                         unit_masks, values_needed)
+from netunits.methods.dissection import (IoUTally, TopValues, add_histogram, dissect_batch_chunks,
+                                         quantile_from_top, unit_masks, values_needed)
 from netunits.models.registry import load_checkpoint
 from netunits.runtime import choose_device, choose_precision, run_stage, set_threads, stage_args, stage_params
+
+
+HISTOGRAM_BINS = 40    # each unit's activations over the probe set, from 0 to its largest, for the report
 
 
 def main(argv=None):
@@ -58,12 +62,14 @@ def main(argv=None):
                for name, t in thresholds.items()}
     best = {name: (torch.full((len(t), 0), -float("inf")), torch.zeros(len(t), 0, dtype=torch.int64), None)
             for name, t in thresholds.items()}
+    histograms = {name: torch.zeros(len(t), HISTOGRAM_BINS, dtype=torch.int64) for name, t in thresholds.items()}
     for start, outputs, _ in iterate_activations(model, images, layers, desc="IoU", **run):
         n = next(iter(outputs.values())).shape[0]
         pixel_masks = unpack_masks(probe["pixel_masks"][start:start + n], mask_size)
         image_labels, annotated = probe["image_labels"][start:start + n], probe["annotated"][start:start + n]
         for name, maps in outputs.items():
             maps = maps.float()
+            add_histogram(histograms[name], maps.transpose(0, 1).flatten(1), top[name].values[:, 0])
             for first, last in dissect_batch_chunks(n, maps.shape[1], mask_size * mask_size):
                 masks = unit_masks(maps[first:last], thresholds[name], mask_size)
                 tallies[name].update(masks, pixel_masks[first:last], image_labels[first:last], annotated[first:last])
@@ -73,7 +79,8 @@ def main(argv=None):
             values = torch.cat([values, peak], dim=1)
             indices = torch.cat([indices, torch.arange(start, start + n).expand(len(peak), -1)], dim=1)
             kept_maps = maps.transpose(0, 1) if kept is None else torch.cat([kept, maps.transpose(0, 1)], dim=1)
-            order = values.topk(min(k, values.shape[1]), dim=1).indices
+            # stable: among equal peaks the earlier image stays, whatever the batch size
+            order = torch.sort(-values, dim=1, stable=True).indices[:, :k]
             best[name] = (values.gather(1, order), indices.gather(1, order),
                           kept_maps[torch.arange(len(order))[:, None], order])
     save_torch({"layers": layers, "quantile": params["quantile"], "mask_size": mask_size,
@@ -81,7 +88,9 @@ def main(argv=None):
                 "per_layer": {name: {"thresholds": thresholds[name], "intersection": t.intersection,
                                      "unit_area": t.unit_area, "concept_area": t.concept_area,
                                      "category": t.category, "top_images": best[name][1],
-                                     "top_maps": best[name][2].contiguous()} for name, t in tallies.items()}}, out)
+                                     "top_maps": best[name][2].contiguous(), "histogram": histograms[name],
+                                     "histogram_top": top[name].values[:, 0]}
+                              for name, t in tallies.items()}}, out)
     for name, t in tallies.items():
         iou = t.iou().max(dim=1).values
         print(f"{name}: {len(iou)} units, mean best IoU {float(iou.mean()):.4f}")

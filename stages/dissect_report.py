@@ -4,7 +4,7 @@ units of dissect.rof_layer joined with ROF's roles, and the figures.
 
 Reads params dissect.iou_threshold and dissect.rof_layer, artifacts/dissect/tallies.pt,
 data/probe/probe.pt (for the image strips) and artifacts/rof/unit_roles.csv; writes
-artifacts/dissect/<layer>.csv per layer, artifacts/dissect/unit_roles.csv (ROF's table with the
+artifacts/dissect/layers/<layer>.csv per layer, artifacts/dissect/unit_roles.csv (ROF's table with the
 concept and IoU), artifacts/metrics/dissect.json, artifacts/plots/dissect_concepts.png and
 artifacts/plots/dissect_strips.png.
 """
@@ -20,6 +20,11 @@ from netunits.runtime import run_stage, stage_args, stage_params
 STRIP_UNITS = 8
 
 
+def picture(image):
+    """uint8 C x S x S -> S x S (grey) or S x S x 3 for imshow."""
+    return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
+
+
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
     params = stage_params("dissect", args)
@@ -30,11 +35,17 @@ def main(argv=None):
     tallies = load_checked(run / "artifacts/dissect/tallies.pt", {"per_layer": lambda v: isinstance(v, dict),
                                                                   "concepts": lambda v: isinstance(v, list)},
                            "dissection tallies")
-    layer_outputs = [out_dir / f"{name}.csv" for name in tallies["per_layer"]]
+    layer_outputs = [out_dir / "layers" / f"{name}.csv" for name in tallies["per_layer"]]
     remove_stale_temps(*layer_outputs, out_dir / "unit_roles.csv", metrics_path, *figures)
     if params["rof_layer"] not in tallies["per_layer"]:
         raise PipelineError(f"params.yaml: 'dissect.rof_layer' is {params['rof_layer']!r}; it must be one of the "
                             f"dissected layers ({', '.join(tallies['per_layer'])})")
+    roles = read_csv(run / "artifacts/rof/unit_roles.csv", numeric=False)
+    n_rof_units = len(tallies["per_layer"][params["rof_layer"]]["thresholds"])
+    if len(roles["unit"]) != n_rof_units:
+        raise PipelineError(f"params.yaml: 'dissect.rof_layer' is {params['rof_layer']!r}, whose {n_rof_units} "
+                            f"units are not ROF's {len(roles['unit'])}; name the layer whose channels ROF's units "
+                            f"pool (layer4 for the ResNet18s, layer3 for the CIFAR ResNets)")
     names = [c["name"] for c in tallies["concepts"]]
     category = [c["category"] for c in tallies["concepts"]]
     tables, metrics, per_concept = {}, {"iou_threshold": threshold, "layers": {}}, {}
@@ -56,19 +67,16 @@ def main(argv=None):
         metrics["layers"][layer] = {"units": len(rows), "detectors": len(detected),
                                     "unique_concepts": len(set(detected)),
                                     "mean_best_iou": sum(r["iou"] for r in rows) / len(rows)}
-        write_csv(rows, out_dir / f"{layer}.csv")
     all_rows = [r for rows in tables.values() for r in rows]
     metrics["overall"] = {"units": len(all_rows), "detectors": sum(r["detector"] for r in all_rows),
                           "unique_concepts": len({r["concept"] for r in all_rows if r["detector"]}),
                           "mean_best_iou": sum(r["iou"] for r in all_rows) / len(all_rows)}
 
+    # every check is done: now the outputs
+    for layer, rows in tables.items():
+        write_csv(rows, out_dir / "layers" / f"{layer}.csv")
     # joined with ROF: the role table gains the ROF layer's concepts
-    roles = read_csv(run / "artifacts/rof/unit_roles.csv", numeric=False)
     rof_rows = tables[params["rof_layer"]]
-    if len(roles["unit"]) != len(rof_rows):
-        raise PipelineError(f"params.yaml: 'dissect.rof_layer' is {params['rof_layer']!r}, whose {len(rof_rows)} "
-                            f"units are not ROF's {len(roles['unit'])}; name the layer whose channels ROF's units "
-                            f"pool (layer4 for the ResNet18s, layer3 for the CIFAR ResNets)")
     joined = [{**{key: values[u] for key, values in roles.items()}, "concept": rof_rows[u]["concept"],
                "iou": rof_rows[u]["iou"], "detector": rof_rows[u]["detector"]} for u in range(len(rof_rows))]
     write_csv(joined, out_dir / "unit_roles.csv")
@@ -91,7 +99,7 @@ def main(argv=None):
     for unit in strongest:
         maps = t["top_maps"][unit][:, None]                                        # k x 1 x h x w
         masks = unit_masks(maps.transpose(0, 1), t["thresholds"][unit:unit + 1], tallies["mask_size"])[0]
-        pictures = [(probe["images"][int(i), 0].numpy(), masks[j].view(tallies["mask_size"], -1).numpy())
+        pictures = [(picture(probe["images"][int(i)]), masks[j].view(tallies["mask_size"], -1).numpy())
                     for j, i in enumerate(t["top_images"][unit])]
         strip_rows.append((f"{layer} unit {unit}\n{rof_rows[unit]['concept']}\nIoU {rof_rows[unit]['iou']:.2f}",
                            pictures))

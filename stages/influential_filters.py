@@ -64,6 +64,9 @@ def main(argv=None):
                                               n_units)
     units = read_json(run / "artifacts/rof/units.json")
     roles = read_csv(run / "artifacts/rof/unit_roles.csv", numeric=False)
+    if len(roles["unit"]) != n_units:
+        raise PipelineError(f"{run / 'artifacts/rof/unit_roles.csv'}: {len(roles['unit'])} units, the final layer "
+                            f"reads {n_units}; rerun `dvc repro rof_sweep`")
     definition = units["turning_point"]
     u0 = {(subset, metric): set(units["subsets"][subset]["U0"][definition][metric])
           for subset in ("train", "test") for metric in ("acc", "loss")}

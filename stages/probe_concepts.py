@@ -1,7 +1,7 @@
 """Stage probe_concepts: the probe set network dissection compares units with.
 
-probe.source mnist: the official MNIST test digits after the ROF test subset (from
-data.test_size on, probe.size of them), at data.image_size, with the concepts of
+probe.source mnist: the first probe.size official MNIST test digits that the ROF test subset
+does not use (with data.selection first: those after it), at data.image_size, with the concepts of
 netunits/concepts.py computed at probe.mask_size. probe.source broden: the first probe.size
 images of a Broden-format folder (probe.dir; netunits/data/broden.py). Reads params `probe`
 and `data`; writes
@@ -14,7 +14,7 @@ from netunits.concepts import CONCEPTS, concept_annotations
 from netunits.data.broden import load_broden
 from netunits.data.probe import pack_masks
 from netunits.data.registry import get_dataset
-from netunits.data.subsets import resize_uint8
+from netunits.data.subsets import resize_uint8, select_indices
 from netunits.errors import PipelineError
 from netunits.files import remove_stale_temps, save_torch
 from netunits.plots import close, probe_figure, save_figure
@@ -26,17 +26,22 @@ def mnist_probe(params, data):
     if spec.name != "mnist":
         raise PipelineError(f"params.yaml: 'probe.source' is 'mnist' but 'data.dataset' is {spec.name!r}; the "
                             f"computed concepts are those of handwritten digits")
-    first, last = data["test_size"], data["test_size"] + params["size"]
-    if last > spec.split_sizes["test"]:
-        raise PipelineError(f"params.yaml: 'probe.size' is {params['size']}; after the {first} ROF test digits "
-                            f"the test split has {spec.split_sizes['test'] - first} left")
+    left = spec.split_sizes["test"] - data["test_size"]
+    if params["size"] > left:
+        raise PipelineError(f"params.yaml: 'probe.size' is {params['size']}; after the {data['test_size']} ROF "
+                            f"test digits the test split has {left} left")
     images, labels = spec.load(data["source"], data["dir"], "data/raw")["test"]
-    images, labels = images[first:last], labels[first:last]
+    # the first digits that the ROF test subset does not use (with selection first: those after it)
+    used = select_indices(labels, data["test_size"], data["selection"], data["seed"], "data.test_size", spec.n_classes)
+    free = torch.ones(len(labels), dtype=torch.bool)
+    free[used] = False
+    indices = torch.nonzero(free).flatten()[:params["size"]]
+    images, labels = images[indices], labels[indices]
     greys = resize_uint8(images, params["mask_size"])[:, 0].float().numpy() / 255.0
     masks, image_labels = concept_annotations(greys, labels.numpy())
     categories = list(dict.fromkeys(c[1] for c in CONCEPTS))
     return {"images": resize_uint8(images, data["image_size"]), "labels": labels.clone(),
-            "indices": torch.arange(first, last), "mask_size": params["mask_size"],
+            "indices": indices, "mask_size": params["mask_size"],
             "pixel_masks": pack_masks(masks), "image_labels": torch.from_numpy(image_labels),
             "annotated": torch.ones(len(labels), len(categories), dtype=torch.bool),
             "concepts": [{"name": n, "category": c, "level": lv, "description": d} for n, c, lv, d in CONCEPTS],

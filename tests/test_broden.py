@@ -84,3 +84,15 @@ def test_bad_broden_folders_are_one_line(tmp_path):
     write_broden(tmp_path / "c")
     with pytest.raises(PipelineError, match="'probe.size' is 9 but .*index.csv lists 4 images"):
         load_broden(tmp_path / "c", 32, 8, 9)
+
+
+def test_malformed_tables_are_one_line(tmp_path):
+    write_broden(tmp_path)
+    text = (tmp_path / "index.csv").read_text().splitlines()
+    text[2] = text[2].replace(",16,16,", ",,16,")                   # an empty ih on line 3
+    (tmp_path / "index.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(PipelineError, match=r"index.csv: line 3 is malformed"):
+        load_broden(tmp_path, 32, 8, 4)
+    write_table(tmp_path / "label.csv", ["number", "name"], [["one", "red"]])
+    with pytest.raises(PipelineError, match="label.csv: needs integer 'number' and 'name' columns"):
+        load_broden(tmp_path, 32, 8, 4)

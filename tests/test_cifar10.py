@@ -139,3 +139,25 @@ def test_a_batch_holding_code_is_refused(tmp_path, monkeypatch):
     (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"images": [1]}))
     with pytest.raises(PipelineError, match=r"data_batch_1: not a CIFAR-10 python batch \(no b'data'\)"):
         cifar10.load_batches(tmp_path)
+
+
+def test_wrong_sizes_empty_classes_and_bad_archives_are_one_line(tmp_path):
+    write_jpeg_folder(tmp_path / "a")
+    Image.new("RGB", (40, 32)).save(tmp_path / "a" / "test" / "cat" / "0001.jpg")
+    with pytest.raises(PipelineError, match=r"0001.jpg: 40 x 32 pixels; CIFAR-10's images are 32 x 32"):
+        cifar10.load_jpeg(tmp_path / "a")
+    write_jpeg_folder(tmp_path / "b")
+    for path in (tmp_path / "b" / "train" / "dog").iterdir():
+        path.unlink()
+    with pytest.raises(PipelineError, match=r"train/dog/ holds no .jpg files"):
+        cifar10.load_jpeg(tmp_path / "b")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "train.tar").write_bytes(b"not a tar")
+    with pytest.raises(PipelineError, match=r"train.tar: not a readable tar archive"):
+        cifar10.load_jpeg(tmp_path / "c")
+    (tmp_path / "d").mkdir()
+    for name in cifar10.BATCHES["train"] + cifar10.BATCHES["test"]:
+        (tmp_path / "d" / name).write_bytes(pickle.dumps({b"data": np.zeros((2, 100), dtype=np.uint8),
+                                                          b"labels": [0, 1]}))
+    with pytest.raises(PipelineError, match=r"data_batch_1: not a CIFAR-10 python batch \(data \(2, 100\)"):
+        cifar10.load_batches(tmp_path / "d")

@@ -32,14 +32,14 @@ def test_probe_set_is_the_digits_after_the_rof_test_subset(dissected):
 def test_tables_metrics_and_the_rof_join_agree(dissected):
     metrics = json.loads((dissected / "artifacts/metrics/dissect.json").read_text())
     for layer, units in (("layer2", 128), ("layer3", 256), ("layer4", 512)):
-        table = read_csv(dissected / f"artifacts/dissect/{layer}.csv", numeric=False)
+        table = read_csv(dissected / f"artifacts/dissect/layers/{layer}.csv", numeric=False)
         assert len(table["unit"]) == units and metrics["layers"][layer]["units"] == units
         ious = [float(v) for v in table["iou"]]
         detectors = [int(v) for v in table["detector"]]
         assert detectors == [int(v >= 0.04) for v in ious] and sum(detectors) == metrics["layers"][layer]["detectors"]
         assert all(float(a) >= float(b) >= float(c) for a, b, c in zip(table["iou"], table["iou_2"], table["iou_3"]))
     joined = read_csv(dissected / "artifacts/dissect/unit_roles.csv", numeric=False)
-    layer4 = read_csv(dissected / "artifacts/dissect/layer4.csv", numeric=False)
+    layer4 = read_csv(dissected / "artifacts/dissect/layers/layer4.csv", numeric=False)
     roles = read_csv(dissected / "artifacts/rof/unit_roles.csv", numeric=False)
     assert joined["concept"] == layer4["concept"] and joined["category_acc"] == roles["category_acc"]
     assert sum(m["units"] for m in metrics["by_role"].values()) == 512

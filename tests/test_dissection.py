@@ -110,3 +110,19 @@ def test_image_level_concepts_of_a_probe_set():
     assert {"digit_0", "holes_1", "upright"} <= on[0] and {"digit_8", "holes_2"} <= on[1]
     assert {"digit_1", "holes_0", "slant_right"} <= on[2]
     assert all(len(names & {"small", "large"}) == 1 and len(names & {"thin", "medium", "thick"}) == 1 for names in on)
+
+
+def test_histogram_by_hand():
+    histogram = torch.zeros(2, 4, dtype=torch.int64)
+    dissection.add_histogram(histogram, torch.tensor([[0.0, 0.9, 2.0, 4.0, 5.0], [0.0, 0.0, 0.0, 0.0, 0.0]]),
+                             torch.tensor([4.0, 0.0]))
+    # unit 0 over [0, 4] in bins of 1: 0 and 0.9 -> bin 0, 2 -> bin 2, 4 and 5 (above the top) -> bin 3
+    assert histogram.tolist() == [[2, 0, 1, 2], [5, 0, 0, 0]]
+
+
+def test_a_unit_silent_on_most_positions_gets_no_whole_image_mask():
+    # threshold 0 (the unit is zero on more than 0.5% of positions): only its active positions count
+    maps = torch.zeros(2, 1, 4, 4)
+    maps[0, 0, 1, 1] = 2.0
+    masks = dissection.unit_masks(maps, torch.tensor([0.0]), 4)
+    assert int(masks.sum()) == 1

@@ -57,8 +57,14 @@ def load_broden(folder, image_size, mask_size, size):
         raise PipelineError(f"probe.dir '{folder}': no such folder; it must be a Broden-format folder "
                             f"(index.csv, category.csv, label.csv, c_<category>.csv, images/)")
     index = _read_table(folder / "index.csv", "the image index")
-    categories = [row["name"] for row in _read_table(folder / "category.csv", "the categories")]
-    names = {int(row["number"]): row["name"] for row in _read_table(folder / "label.csv", "the labels")}
+    try:
+        categories = [row["name"] for row in _read_table(folder / "category.csv", "the categories")]
+    except KeyError:
+        raise PipelineError(f"{folder / 'category.csv'}: needs a 'name' column") from None
+    try:
+        names = {int(row["number"]): row["name"] for row in _read_table(folder / "label.csv", "the labels")}
+    except (KeyError, ValueError, TypeError) as exc:
+        raise PipelineError(f"{folder / 'label.csv'}: needs integer 'number' and 'name' columns ({exc!r})") from None
     for category in categories:
         _read_table(folder / f"c_{category}.csv", f"the codes of category {category}")
     if not index or any(column not in index[0] for column in FIXED_COLUMNS):
@@ -73,29 +79,44 @@ def load_broden(folder, image_size, mask_size, size):
     pixel_level = {c: any(e.endswith(".png") for row in rows for e in row[c].split(";") if e) for c in categories}
     ordered = [c for c in categories if pixel_level[c]] + [c for c in categories if not pixel_level[c]]
     images, per_image = [], []
-    for row in rows:
-        image = _open_image(folder / "images" / row["image"], "RGB")
-        if image.shape[:2] != (int(row["ih"]), int(row["iw"])):
-            raise PipelineError(f"{folder / 'images' / row['image']}: {image.shape[1]} x {image.shape[0]} pixels but "
-                                f"index.csv says {row['iw']} x {row['ih']}")
-        images.append(_resize(image, image_size, nearest=False))
-        found = {}
-        for category in ordered:
-            entries = [e for e in row[category].split(";") if e]
-            if pixel_level[category]:
-                labels = np.zeros((mask_size, mask_size), dtype=np.int64)
-                for entry in entries:
-                    png = _open_image(folder / "images" / entry, "RGB").astype(np.int64)
-                    if png.shape[:2] != (int(row["sh"]), int(row["sw"])):
-                        raise PipelineError(f"{folder / 'images' / entry}: {png.shape[1]} x {png.shape[0]} pixels but "
-                                            f"index.csv says {row['sw']} x {row['sh']}")
-                    number = png[..., 0] + 256 * png[..., 1]
-                    resized = _resize(number.astype(np.int32), mask_size, nearest=True)
-                    labels = np.where(resized > 0, resized, labels)
-                found[category] = (True, labels if entries else None)
-            else:
-                found[category] = (False, {int(e) for e in entries} if entries else None)
+    for line, row in enumerate(rows, start=2):
+        try:
+            image, found = _read_row(folder, row, ordered, pixel_level, image_size, mask_size)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise PipelineError(f"{folder / 'index.csv'}: line {line} is malformed ({exc!r}); see the Broden format "
+                                f"in netunits/data/broden.py") from None
+        images.append(image)
         per_image.append(found)
+    return _assemble(rows, images, per_image, ordered, categories, pixel_level, names, mask_size)
+
+
+def _read_row(folder, row, ordered, pixel_level, image_size, mask_size):
+    """One index.csv row: the image resized, and per category (pixel level?, label masks or set)."""
+    image = _open_image(folder / "images" / row["image"], "RGB")
+    if image.shape[:2] != (int(row["ih"]), int(row["iw"])):
+        raise PipelineError(f"{folder / 'images' / row['image']}: {image.shape[1]} x {image.shape[0]} pixels but "
+                            f"index.csv says {row['iw']} x {row['ih']}")
+    resized = _resize(image, image_size, nearest=False)
+    found = {}
+    for category in ordered:
+        entries = [e for e in row[category].split(";") if e]
+        if pixel_level[category]:
+            labels = np.zeros((mask_size, mask_size), dtype=np.int64)
+            for entry in entries:
+                png = _open_image(folder / "images" / entry, "RGB").astype(np.int64)
+                if png.shape[:2] != (int(row["sh"]), int(row["sw"])):
+                    raise PipelineError(f"{folder / 'images' / entry}: {png.shape[1]} x {png.shape[0]} pixels but "
+                                        f"index.csv says {row['sw']} x {row['sh']}")
+                number = png[..., 0] + 256 * png[..., 1]
+                at_mask_size = _resize(number.astype(np.int32), mask_size, nearest=True)
+                labels = np.where(at_mask_size > 0, at_mask_size, labels)
+            found[category] = (True, labels if entries else None)
+        else:
+            found[category] = (False, {int(e) for e in entries} if entries else None)
+    return resized, found
+
+
+def _assemble(rows, images, per_image, ordered, categories, pixel_level, names, mask_size):
     concepts = []           # (category, label number), pixel-level first
     for category in ordered:
         present = set()

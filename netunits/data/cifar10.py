@@ -44,10 +44,16 @@ def _jpeg_entries(folder, split):
             if not class_dir.is_dir():
                 raise PipelineError(f"data.dir '{folder}': {split}/{name}/ is missing; a CIFAR-10 JPEG folder "
                                     f"holds train/ and test/ with one folder per class ({', '.join(CLASSES)})")
-            entries += [(path.stem, label, str(path), path.read_bytes) for path in class_dir.glob("*.jpg")]
+            found = [(path.stem, label, str(path), path.read_bytes) for path in class_dir.glob("*.jpg")]
+            if not found:
+                raise PipelineError(f"data.dir '{folder}': {split}/{name}/ holds no .jpg files")
+            entries += found
         return entries, None
     if archive.is_file():
-        handle = tarfile.open(archive)
+        try:
+            handle = tarfile.open(archive)
+        except (tarfile.TarError, OSError) as exc:
+            raise PipelineError(f"{archive}: not a readable tar archive ({exc})") from None
         for member in handle:
             parts = member.name.split("/")
             if member.isfile() and len(parts) == 3 and parts[0] == split and parts[2].endswith(".jpg") \
@@ -75,13 +81,19 @@ def load_jpeg(folder):
         entries, handle = _jpeg_entries(folder, split)
         try:
             entries.sort(key=lambda e: (int(e[0]) if e[0].isdigit() else 0, e[0], e[1]))
-            images = np.stack([_decode_jpeg(read(), name) for _, _, name, read in entries])
+            decoded = []
+            for _, _, name, read in entries:
+                image = _decode_jpeg(read(), name)
+                if image.shape != (32, 32, 3):
+                    raise PipelineError(f"{name}: {image.shape[1]} x {image.shape[0]} pixels; CIFAR-10's images are "
+                                        f"32 x 32")
+                decoded.append(image)
+            images = np.stack(decoded)
+        except tarfile.TarError as exc:
+            raise PipelineError(f"data.dir '{folder}': {split}.tar cannot be read ({exc})") from None
         finally:
             if handle is not None:
                 handle.close()
-        if images.shape[1:] != (32, 32, 3):
-            raise PipelineError(f"data.dir '{folder}': {split} images are {images.shape[1:3]} pixels; CIFAR-10's "
-                                f"are 32 x 32")
         splits[split] = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
                          torch.tensor([label for _, label, _, _ in entries], dtype=torch.int64))
     return splits
@@ -105,7 +117,11 @@ def load_batches(folder):
                 data, batch_labels = batch[b"data"], batch[b"labels"]
             except (TypeError, KeyError) as exc:
                 raise PipelineError(f"{path}: not a CIFAR-10 python batch (no {exc})") from None
-            images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
+            data = np.asarray(data, dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(batch_labels):
+                raise PipelineError(f"{path}: not a CIFAR-10 python batch (data {data.shape} for "
+                                    f"{len(batch_labels)} labels; expected N x 3072)")
+            images.append(data.reshape(-1, 3, 32, 32))
             labels += list(batch_labels)
         splits[split] = (torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
     return splits

@@ -28,11 +28,14 @@ PROBE_KEYS = {
 def pack_masks(masks):
     """bool N x C x H x W -> uint8 N x C x ceil(H * W / 8)."""
     masks = np.asarray(masks, dtype=bool)
-    return torch.from_numpy(np.packbits(masks.reshape(*masks.shape[:2], -1), axis=2))
+    n, n_concepts, height, width = masks.shape
+    return torch.from_numpy(np.packbits(masks.reshape(n, n_concepts, height * width), axis=2))
 
 
 def unpack_masks(packed, mask_size):
     """uint8 N x C x bytes -> bool N x C x (mask_size^2)."""
+    if packed.shape[1] == 0:
+        return torch.zeros(packed.shape[0], 0, mask_size * mask_size, dtype=torch.bool)
     bits = np.unpackbits(packed.numpy(), axis=2, count=mask_size * mask_size)
     return torch.from_numpy(bits.astype(bool))
 

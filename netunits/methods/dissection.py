@@ -2,7 +2,7 @@
 
 A unit's threshold is the `quantile` (default 0.995) of its activations over every probe image
 and position; its mask on an image is its activation map, upsampled bilinearly to the concept
-masks' size, at or above the threshold. IoU(unit, concept) = sum over images of |unit mask AND
+masks' size, above the threshold. IoU(unit, concept) = sum over images of |unit mask AND
 concept mask| / sum over images of |unit mask OR concept mask|, where an image-level concept is
 a mask over the whole image, and, as the original NetDissect does, the unit's part of the union
 counts only images on which the concept's category is annotated (NetDissect-Lite counts every
@@ -38,6 +38,15 @@ class TopValues:
         self.values = merged.topk(min(self.keep, merged.shape[1]), dim=1).values
 
 
+def add_histogram(histogram, values, top):
+    """Add units x n activations to units x bins counts over [0, top] per unit (values above top
+    land in the last bin; a unit that never fires keeps its counts in the first)."""
+    bins = histogram.shape[1]
+    scaled = values / top.clamp_min(torch.finfo(torch.float32).tiny)[:, None] * bins
+    index = scaled.floor().clamp_(0, bins - 1).long()
+    histogram.scatter_add_(1, index, torch.ones_like(index, dtype=histogram.dtype))
+
+
 def quantile_from_top(top_descending, n_values, quantile):
     """numpy.quantile(all values, quantile) per unit, from the largest values only (exact)."""
     h = (n_values - 1) * quantile
@@ -48,10 +57,12 @@ def quantile_from_top(top_descending, n_values, quantile):
 
 
 def unit_masks(maps, thresholds, mask_size):
-    """Bool images x units x (mask_size^2): maps upsampled bilinearly, at or above the threshold."""
+    """Bool images x units x (mask_size^2): maps upsampled bilinearly, above the threshold (strictly,
+    as NetDissect-Lite: a unit silent on more than 0.5% of positions has threshold 0, and its
+    mask must not become the whole image)."""
     if maps.shape[-1] != mask_size or maps.shape[-2] != mask_size:
         maps = F.interpolate(maps.float(), size=(mask_size, mask_size), mode="bilinear", align_corners=False)
-    return (maps >= thresholds.view(1, -1, 1, 1)).flatten(2)
+    return (maps > thresholds.view(1, -1, 1, 1)).flatten(2)
 
 
 class IoUTally:

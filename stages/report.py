@@ -1,0 +1,137 @@
+"""Stage report: the unit explorer, a static site under artifacts/report/ that opens from the file
+system: one row per unit of report.layer (ROF's units) with its ROF roles and ranks, its
+dissection concept and IoU, and the classes it is influential for, and a page per unit.
+
+Reads params `report`, artifacts/rof/{unit_roles.csv,curve_train.csv,curve_test.csv} (needed) and,
+where present, artifacts/dissect/layers/<layer>.csv with artifacts/dissect/tallies.pt and
+data/probe/probe.pt, and artifacts/influence/units.csv. A method's output that is missing or
+made from another checkpoint is named on the index and its columns are left out. Writes
+artifacts/report/ and artifacts/metrics/report.json (per ROF role: detector share, mean best
+IoU, share influential for some class; the rank correlation of L1 rank and best IoU).
+"""
+import os
+import shutil
+
+from netunits.data.probe import load_probe
+from netunits.errors import PipelineError
+from netunits.files import atomic_path, file_sha256, load_checked, read_csv, write_json, write_text
+from netunits.methods.dissection import unit_masks
+from netunits.methods.rof import CATEGORIES
+from netunits.report import index_page, strip_image, svg_curve, svg_histogram, unit_page
+from netunits.runtime import run_stage, stage_args, stage_params
+from netunits.study import spearman
+
+
+def dissection(run, layer, notes):
+    """(table, tallies of the layer, probe) or None with a note."""
+    try:
+        table = read_csv(run / f"artifacts/dissect/layers/{layer}.csv", numeric=False)
+        tallies = load_checked(run / "artifacts/dissect/tallies.pt", {"per_layer": lambda v: isinstance(v, dict)},
+                               "dissection tallies")
+        if tallies.get("checkpoint_sha256") != file_sha256(run / "artifacts/train/model.pt"):
+            raise PipelineError("artifacts/dissect/tallies.pt: made from another checkpoint than "
+                                "artifacts/train/model.pt")
+        if layer not in tallies["per_layer"]:
+            raise PipelineError(f"artifacts/dissect/tallies.pt: layer {layer} was not dissected")
+        return table, tallies["per_layer"][layer], tallies["mask_size"], load_probe(run / "data/probe/probe.pt")
+    except (PipelineError, FileNotFoundError) as exc:
+        notes.append(f"network dissection left out: {exc}")
+        return None
+
+
+def influence(run, roles, notes):
+    try:
+        table = read_csv(run / "artifacts/influence/units.csv", numeric=False)
+    except PipelineError as exc:
+        notes.append(f"influential filters left out: {exc}")
+        return None
+    if table["category_acc"] != roles["category_acc"]:
+        notes.append("influential filters left out: artifacts/influence/units.csv comes from another ROF run")
+        return None
+    return table[next(k for k in table if k.startswith("influential_for"))]
+
+
+def main(argv=None):
+    args = stage_args(__doc__.splitlines()[0], argv)
+    params = stage_params("report", args)
+    run, layer, size = args.run_dir, params["layer"], params["thumbnail"]
+    out, metrics_path = run / "artifacts/report", run / "artifacts/metrics/report.json"
+    roles = read_csv(run / "artifacts/rof/unit_roles.csv", numeric=False)
+    curves = {s: read_csv(run / f"artifacts/rof/curve_{s}.csv")["accuracy"] for s in ("train", "test")}
+    notes = []
+    dissected = dissection(run, layer, notes)
+    classes = influence(run, roles, notes)
+    n_units = len(roles["unit"])
+    if dissected and len(dissected[0]["unit"]) != n_units:
+        notes.append(f"network dissection left out: {layer} has {len(dissected[0]['unit'])} units, ROF {n_units}")
+        dissected = None
+    notes.append("compositional explanations and CLIP-Dissect: not run in this pipeline")
+
+    columns = [("unit", "unit", True), ("role", "role (accuracy)", False), ("role_loss", "role (loss)", False),
+               ("rank_train", "L1 rank train", True), ("rank_test", "L1 rank test", True)]
+    if dissected:
+        columns += [("concept", "concept", False), ("iou", "IoU", True), ("detector", "detector", True)]
+    if classes:
+        columns += [("classes", "influential for", False)]
+    rows = []
+    for u in range(n_units):
+        row = {"unit": u, "role": roles["category_acc"][u], "role_loss": roles["category_loss"][u],
+               "rank_train": int(roles["rank_train"][u]), "rank_test": int(roles["rank_test"][u])}
+        if dissected:
+            table = dissected[0]
+            row.update(concept=table["concept"][u], iou=float(table["iou"][u]), detector=int(table["detector"][u]))
+        if classes:
+            row["classes"] = classes[u].replace(";", " ")
+        rows.append(row)
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "units").mkdir(parents=True)
+    try:
+        write_text(index_page(f"Units of {layer}: every method side by side", columns, rows, notes, CATEGORIES),
+                   tmp / "index.html")
+        for row in rows:
+            u = row["unit"]
+            facts = [(label, row[key]) for key, label, _ in columns if key != "unit"]
+            strip, histogram, concepts = None, "<p class=note>no dissection</p>", []
+            if dissected:
+                table, tally, mask_size, probe = dissected
+                maps = tally["top_maps"][u][None]                                     # 1 x k x h x w
+                masks = unit_masks(maps, tally["thresholds"][u:u + 1], mask_size)[0].view(-1, mask_size, mask_size)
+                images = [probe["images"][int(i)].permute(1, 2, 0).numpy().squeeze(-1)
+                          if probe["images"].shape[1] == 1 else probe["images"][int(i)].permute(1, 2, 0).numpy()
+                          for i in tally["top_images"][u]]
+                strip = f"{u}.png"
+                with atomic_path(tmp / "units" / strip) as path:
+                    from PIL import Image
+                    Image.fromarray(strip_image(images, masks.numpy(), size)).save(path, format="PNG")
+                histogram = svg_histogram(tally["histogram"][u].tolist(), float(tally["histogram_top"][u]),
+                                          float(tally["thresholds"][u]))
+                concepts = [(table[f"concept{s}"][u], float(table[f"iou{s}"][u])) for s in ("", "_2", "_3")]
+            curves_svg = svg_curve(curves["train"], row["rank_train"], label="train") + \
+                svg_curve(curves["test"], row["rank_test"], label="test")
+            write_text(unit_page(u, layer, facts, strip, histogram, curves_svg, concepts), tmp / "units" / f"{u}.html")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    summary = {"layer": layer, "units": n_units, "left_out": notes, "by_role": {}}
+    for role in CATEGORIES:
+        members = [r for r in rows if r["role"] == role]
+        entry = {"units": len(members)}
+        if dissected and members:
+            entry["detector_share"] = sum(r["detector"] for r in members) / len(members)
+            entry["mean_best_iou"] = sum(r["iou"] for r in members) / len(members)
+        if classes and members:
+            entry["influential_share"] = sum(bool(r["classes"]) for r in members) / len(members)
+        summary["by_role"][role] = entry
+    if dissected:
+        summary["spearman_l1_rank_train_vs_iou"] = spearman([r["rank_train"] for r in rows], [r["iou"] for r in rows])
+    write_json(summary, metrics_path)
+    total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"report: {n_units} units, {total / 2**20:.1f} MiB in {out}; " + ("; ".join(notes)))
+
+
+if __name__ == "__main__":
+    run_stage(main)
