@@ -34,7 +34,13 @@ def stage_args(description, argv=None):
                         help="override one param (repeatable)")
     parser.add_argument("--run-dir", default=".", type=Path,
                         help="folder under which the stage reads and writes its files (default: .)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    _PARAMS_IN_USE[:] = [args.params]
+    return args
+
+
+# the params file the running stage reads, so that errors name it (messages say params.yaml)
+_PARAMS_IN_USE = [PARAMS_FILE]
 
 
 def stage_params(section, args):
@@ -47,8 +53,13 @@ def run_stage(main, argv=None):
     try:
         main(argv)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if message.startswith(f"{PARAMS_FILE}:"):
+            message = _PARAMS_IN_USE[0] + message[len(PARAMS_FILE):]
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        _PARAMS_IN_USE[:] = [PARAMS_FILE]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
     print(f"{Path(main.__globals__['__file__']).stem} done in {time.perf_counter() - start:.1f} s wall, "
           f"peak RSS {peak_mib:.0f} MiB", file=sys.stderr)

@@ -82,3 +82,15 @@ def test_release_free_memory_returns_freed_heap_pages():
 def test_progress_is_silent_off_a_terminal(capsys):
     assert list(runtime.progress(range(3), "x")) == [0, 1, 2]
     assert capsys.readouterr().err == ""
+
+
+def test_errors_name_the_params_file_the_stage_reads(capsys):
+    def failing(argv):
+        runtime.stage_args("x", argv)
+        raise PipelineError("params.yaml: 'train.epochs' is -1; it must be an integer from 0 to 1000")
+    with pytest.raises(SystemExit):
+        runtime.run_stage(failing, ["--params", "study/params.yaml"])
+    assert capsys.readouterr().err.startswith("error: study/params.yaml: 'train.epochs' is -1")
+    with pytest.raises(SystemExit):
+        runtime.run_stage(failing, [])
+    assert capsys.readouterr().err.startswith("error: params.yaml: 'train.epochs'")
