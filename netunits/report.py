@@ -52,9 +52,9 @@ th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}th{cursor:poi
 .note{color:#a33}.strip img{image-rendering:pixelated;border:1px solid #ccc}"""
 
 
-def _cell(value, numeric):
+def _cell(value):
     shown = "" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-    return f'<td data-value="{html.escape(str(value if value is not None else ""))}">{html.escape(shown)}</td>', numeric
+    return f'<td data-value="{html.escape(str(value if value is not None else ""))}">{html.escape(shown)}</td>'
 
 
 def index_page(title, columns, rows, notes, roles):
@@ -64,12 +64,12 @@ def index_page(title, columns, rows, notes, roles):
     body = []
     for row in rows:
         cells = []
-        for key, _, numeric in columns:
+        for key, _, _ in columns:
             value = row.get(key)
             if key == "unit":
                 cells.append(f'<td data-value="{value}"><a href="units/{value}.html">{value}</a></td>')
             else:
-                cells.append(_cell(value, numeric)[0])
+                cells.append(_cell(value))
         body.append(f'<tr data-role="{html.escape(str(row.get("role", "")))}" '
                     f'data-concept="{html.escape(str(row.get("concept") or ""))}" '
                     f'data-detector="{int(bool(row.get("detector")))}">' + "".join(cells) + "</tr>")

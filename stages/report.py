@@ -12,6 +12,8 @@ IoU, share influential for some class; the rank correlation of L1 rank and best 
 import os
 import shutil
 
+from PIL import Image
+
 from netunits.data.probe import load_probe
 from netunits.errors import PipelineError
 from netunits.files import atomic_path, file_sha256, load_checked, read_csv, write_json, write_text
@@ -103,7 +105,6 @@ def main(argv=None):
                           for i in tally["top_images"][u]]
                 strip = f"{u}.png"
                 with atomic_path(tmp / "units" / strip) as path:
-                    from PIL import Image
                     Image.fromarray(strip_image(images, masks.numpy(), size)).save(path, format="PNG")
                 histogram = svg_histogram(tally["histogram"][u].tolist(), float(tally["histogram_top"][u]),
                                           float(tally["thresholds"][u]))
