@@ -31,5 +31,14 @@ study: $(VENV)/.installed
 cifar: $(VENV)/.installed
 	dvc repro cifar/dvc.yaml
 
+# The optional extra of clip_dissect's clip source: open_clip (requirements-clip.txt). It installs
+# beside the pinned CPU torch and torchvision and replaces neither; the default pipeline never needs it.
+.PHONY: clip
+clip: $(VENV)/.clip-installed
+
+$(VENV)/.clip-installed: $(VENV)/.installed requirements-clip.txt
+	$(VENV)/bin/python -m pip install -q -r requirements-clip.txt
+	touch $@
+
 clean-venv:
 	rm -rf $(VENV)

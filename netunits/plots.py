@@ -181,3 +181,46 @@ def strips_figure(rows):
     figure.suptitle("Top-activating probe images with the unit's mask (best detectors)")
     figure.tight_layout()
     return figure
+
+
+def descriptions_figure(counts, top, title):
+    """counts: {layer: {description: units}}; per layer (side by side) its `top` most frequent
+    descriptions as horizontal bars (ties by name), with the layer's unique count."""
+    figure, axes = plt.subplots(1, len(counts), figsize=(4.2 * len(counts), 0.28 * top + 1.6), squeeze=False)
+    for ax, (layer, per_description) in zip(axes[0], counts.items()):
+        items = sorted(per_description.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+        ax.barh(range(len(items)), [v for _, v in items], color="tab:blue")
+        ax.set_yticks(range(len(items)), [k for k, _ in items], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel("units")
+        ax.set_title(f"{layer}: {sum(per_description.values())} units, {len(per_description)} unique", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def formula_length_figure(scores, gains, min_gain):
+    """scores: {layer: {length: [each unit's best score at that length]}}; gains: {layer: [each
+    unit's formula IoU minus its best concept's]}. Score against formula length, and the gains."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for layer, by_length in scores.items():
+        lengths = sorted(by_length)
+        values = [np.asarray(by_length[n], dtype=float) for n in lengths]
+        left.plot(lengths, [v.mean() for v in values], marker="o", label=f"{layer} (mean)")
+        left.fill_between(lengths, [np.percentile(v, 25) for v in values], [np.percentile(v, 75) for v in values],
+                          alpha=0.2)
+        right.hist(gains[layer], bins=30, alpha=0.6, label=layer)
+    left.set_xlabel("formula length (concepts)")
+    left.set_ylabel("best score found (band: quartiles)")
+    left.set_xticks(sorted({n for by_length in scores.values() for n in by_length}))
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    right.axvline(min_gain, color="k", linestyle="--", linewidth=1, label=f"gain {min_gain}")
+    right.set_xlabel("formula IoU - best single concept's IoU")
+    right.set_ylabel("units")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    figure.suptitle("Compositional explanations: score against formula length")
+    figure.tight_layout()
+    return figure

@@ -1,13 +1,16 @@
 """Stage report: the unit explorer, a static site under artifacts/report/ that opens from the file
 system: one row per unit of report.layer (ROF's units) with its ROF roles and ranks, its
-dissection concept and IoU, and the classes it is influential for, and a page per unit.
+dissection concept and IoU, the classes it is influential for, its compositional formula and its
+CLIP-Dissect description, and a page per unit; and the same table as artifacts/units.csv.
 
 Reads params `report`, artifacts/rof/{unit_roles.csv,curve_train.csv,curve_test.csv} (needed) and,
 where present, artifacts/dissect/layers/<layer>.csv with artifacts/dissect/tallies.pt and
-data/probe/probe.pt, and artifacts/influence/units.csv. A method's output that is missing or
-made from another checkpoint is named on the index and its columns are left out. Writes
-artifacts/report/ and artifacts/metrics/report.json (per ROF role: detector share, mean best
-IoU, share influential for some class; the rank correlation of L1 rank and best IoU).
+data/probe/probe.pt, artifacts/influence/units.csv, artifacts/compose/formulas.csv and
+artifacts/clip_dissect/layers/<layer>.csv. A method's output that is missing, made from another
+checkpoint or without report.layer is named on the index and its columns are left out. Writes
+artifacts/report/, artifacts/units.csv and artifacts/metrics/report.json (per ROF role: detector
+share, mean best IoU, share influential for some class, mean formula IoU; the rank correlation
+of L1 rank and best IoU).
 """
 import os
 import shutil
@@ -16,7 +19,7 @@ from PIL import Image
 
 from netunits.data.probe import load_probe
 from netunits.errors import PipelineError
-from netunits.files import atomic_path, file_sha256, load_checked, read_csv, write_json, write_text
+from netunits.files import atomic_path, file_sha256, load_checked, read_csv, write_csv, write_json, write_text
 from netunits.methods.dissection import unit_masks
 from netunits.methods.rof import CATEGORIES
 from netunits.report import index_page, strip_image, svg_curve, svg_histogram, unit_page
@@ -53,6 +56,21 @@ def influence(run, roles, notes):
     return table[next(k for k in table if k.startswith("influential_for"))]
 
 
+def layer_table(path, layer, n_units, what, notes):
+    """The rows of `layer` in a per-unit table with a layer column (or one file per layer), in
+    unit order, or None with a note."""
+    try:
+        table = read_csv(path, numeric=False)
+    except PipelineError as exc:
+        notes.append(f"{what} left out: {exc}")
+        return None
+    rows = [i for i, name in enumerate(table["layer"]) if name == layer]
+    if [table["unit"][i] for i in rows] != [str(u) for u in range(n_units)]:
+        notes.append(f"{what} left out: {path.name} has no row for each of the {n_units} units of {layer}")
+        return None
+    return {key: [values[i] for i in rows] for key, values in table.items()}
+
+
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
     params = stage_params("report", args)
@@ -67,7 +85,9 @@ def main(argv=None):
     if dissected and len(dissected[0]["unit"]) != n_units:
         notes.append(f"network dissection left out: {layer} has {len(dissected[0]['unit'])} units, ROF {n_units}")
         dissected = None
-    notes.append("compositional explanations and CLIP-Dissect: not run in this pipeline")
+    formulas = layer_table(run / "artifacts/compose/formulas.csv", layer, n_units, "compositional explanations",
+                           notes)
+    clip = layer_table(run / f"artifacts/clip_dissect/layers/{layer}.csv", layer, n_units, "CLIP-Dissect", notes)
 
     columns = [("unit", "unit", True), ("role", "role (accuracy)", False), ("role_loss", "role (loss)", False),
                ("rank_train", "L1 rank train", True), ("rank_test", "L1 rank test", True)]
@@ -75,6 +95,10 @@ def main(argv=None):
         columns += [("concept", "concept", False), ("iou", "IoU", True), ("detector", "detector", True)]
     if classes:
         columns += [("classes", "influential for", False)]
+    if formulas:
+        columns += [("formula", "formula", False), ("formula_iou", "formula IoU", True)]
+    if clip:
+        columns += [("clip", "CLIP-Dissect", False)]
     rows = []
     for u in range(n_units):
         row = {"unit": u, "role": roles["category_acc"][u], "role_loss": roles["category_loss"][u],
@@ -84,6 +108,10 @@ def main(argv=None):
             row.update(concept=table["concept"][u], iou=float(table["iou"][u]), detector=int(table["detector"][u]))
         if classes:
             row["classes"] = classes[u].replace(";", " ")
+        if formulas:
+            row.update(formula=formulas["formula"][u], formula_iou=float(formulas["iou"][u]))
+        if clip:
+            row["clip"] = clip["description"][u]
         rows.append(row)
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -126,9 +154,12 @@ def main(argv=None):
             entry["mean_best_iou"] = sum(r["iou"] for r in members) / len(members)
         if classes and members:
             entry["influential_share"] = sum(bool(r["classes"]) for r in members) / len(members)
+        if formulas and members:
+            entry["mean_formula_iou"] = sum(r["formula_iou"] for r in members) / len(members)
         summary["by_role"][role] = entry
     if dissected:
         summary["spearman_l1_rank_train_vs_iou"] = spearman([r["rank_train"] for r in rows], [r["iou"] for r in rows])
+    write_csv(rows, run / "artifacts/units.csv")
     write_json(summary, metrics_path)
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"report: {n_units} units, {total / 2**20:.1f} MiB in {out}; " + ("; ".join(notes)))

@@ -25,6 +25,7 @@ TINY_PARAMS["extract_features"].update(batch_size=100)
 TINY_PARAMS["plot"].update(dpi=50)
 TINY_PARAMS["probe"].update(size=60, mask_size=16)
 TINY_PARAMS["dissect"].update(batch_size=30)
+TINY_PARAMS["clip_dissect"].update(soft_wpmi_top_k=10, wpmi_top_k=5, batch_size=30)  # 60 probe images
 
 
 def tiny_params(**sections):
@@ -113,11 +114,12 @@ def tiny_run(tmp_path_factory):
     """A folder holding every stage's outputs from one tiny real run (do not modify it)."""
     from stages import (dissect, dissect_report, extract_features, influential_filters, plot, prepare_data,
                         probe_concepts, report, rof_sweep, train)
+    from stages import clip_dissect, compose
     folder = tmp_path_factory.mktemp("tiny_run")
     write_params(folder, TINY_PARAMS)
     with working_dir(folder):
         for stage in (prepare_data, train, extract_features, rof_sweep, influential_filters, plot, probe_concepts,
-                      dissect, dissect_report, report):
+                      dissect, dissect_report, compose, clip_dissect, report):
             assert run_main(stage.main) == 0, stage.__name__
     return folder
 

@@ -43,10 +43,26 @@ def test_index_unit_pages_metrics_and_size(reported):
     for role, entry in metrics["by_role"].items():
         assert entry["units"] == roles["category_acc"].count(role)
     assert -1 <= metrics["spearman_l1_rank_train_vs_iou"] <= 1
+    assert not metrics["left_out"]
+    # the per-unit table: every method's answer, from its own output
+    units = read_csv(reported / "artifacts/units.csv", numeric=False)
+    formulas = read_csv(reported / "artifacts/compose/formulas.csv", numeric=False)
+    clip = read_csv(reported / "artifacts/clip_dissect/layers/layer4.csv", numeric=False)
+    concepts = read_csv(reported / "artifacts/dissect/layers/layer4.csv", numeric=False)
+    assert units["unit"] == [str(u) for u in range(512)] and units["role"] == roles["category_acc"]
+    assert units["formula"] == formulas["formula"] and units["clip"] == clip["description"]
+    assert units["concept"] == concepts["concept"]
+    assert ">formula<" in index and ">CLIP-Dissect<" in index
+    for role, entry in metrics["by_role"].items():
+        members = [float(f) for f, r in zip(units["formula_iou"], units["role"]) if r == role]
+        assert entry.get("mean_formula_iou") == (pytest.approx(sum(members) / len(members)) if members else None)
 
 
 def test_a_missing_method_or_another_checkpoint_leaves_its_columns_out(reported):
     (reported / "artifacts/influence/units.csv").unlink()
+    (reported / "artifacts/clip_dissect/layers/layer4.csv").unlink()
+    formulas = (reported / "artifacts/compose/formulas.csv").read_text().splitlines()
+    (reported / "artifacts/compose/formulas.csv").write_text("\n".join(formulas[:100]) + "\n")
     tallies = torch.load(reported / "artifacts/dissect/tallies.pt", weights_only=True)
     tallies["checkpoint_sha256"] = "0" * 64
     torch.save(tallies, reported / "artifacts/dissect/tallies.pt")
@@ -54,7 +70,10 @@ def test_a_missing_method_or_another_checkpoint_leaves_its_columns_out(reported)
     index = (reported / "artifacts/report/index.html").read_text()
     assert "influential filters left out: artifacts/influence/units.csv: file not found" in index
     assert "network dissection left out: artifacts/dissect/tallies.pt: made from another checkpoint" in index
+    assert "CLIP-Dissect left out: artifacts/clip_dissect/layers/layer4.csv: file not found" in index
+    assert "compositional explanations left out: formulas.csv has no row for each of the 512 units" in index
     assert ">IoU<" not in index and ">influential for<" not in index and ">role (accuracy)<" in index
+    assert ">formula<" not in index and ">CLIP-Dissect<" not in index
     assert not list((reported / "artifacts/report/units").glob("*.png"))
 
 

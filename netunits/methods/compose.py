@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from netunits.data.probe import unpack_masks
 from netunits.errors import PipelineError
 
 CONNECTORS = ("OR", "AND", "AND NOT", "WITH", "CLOSE TO", "CLOSE")
@@ -191,6 +192,20 @@ def downsample(masks, grid, min_share):
     return F.adaptive_avg_pool2d(masks.float()[:, None], grid)[:, 0] >= min_share - 1e-9
 
 
+def concept_masks(probe, resolution, size, min_share):
+    """(name, bool images x size x size) per concept: pixel-level masks from the probe (downsampled
+    to the layer's grid at resolution layer), image-level labels as whole-image masks."""
+    n, mask_size = len(probe["images"]), probe["mask_size"]
+    n_pixel = sum(c["level"] == "pixel" for c in probe["concepts"])
+    for index, concept in enumerate(probe["concepts"]):
+        if index < n_pixel:
+            mask = unpack_masks(probe["pixel_masks"][:, index:index + 1], mask_size)[:, 0].view(n, mask_size, mask_size)
+            yield concept["name"], downsample(mask, size, min_share) if resolution == "layer" else mask
+        else:
+            label = probe["image_labels"][:, index - n_pixel]
+            yield concept["name"], label[:, None, None].expand(n, size, size).clone()
+
+
 def evaluate(formula, masks, grid):
     """The dense mask of a formula: masks maps each primitive's name to bool images x S x S."""
     if isinstance(formula, str):
@@ -240,6 +255,28 @@ def plain_score(unit_mask, formula_mask, length, **options):
                                    float(unit_per_image.sum()), float(unit_per_image @ formula_per_image), length,
                                    cells=unit_mask[0].numel(), unit_square=float(unit_per_image @ unit_per_image),
                                    **options))
+
+
+def unit_mask_positions(maps, thresholds, size, budget=1 << 24):
+    """(image, unit, position) of every set position of the units' masks on a batch of maps
+    (images x units x h x w): each map upsampled bilinearly to size x size (as network dissection
+    does) and above its unit's threshold, or the map itself when it is size x size already.
+    Only maps whose maximum exceeds the threshold are upsampled: bilinear interpolation never
+    exceeds the largest of its four source values, so the others have empty masks."""
+    thresholds = thresholds.float()
+    peaks = maps.flatten(2).amax(2)
+    image, unit = torch.nonzero(peaks > thresholds[None], as_tuple=True)
+    found = [[], [], []]
+    step = max(1, budget // (size * size))
+    for first in range(0, len(image), step):
+        i, u = image[first:first + step], unit[first:first + step]
+        selected = maps[i, u].float()[:, None]
+        if selected.shape[-1] != size or selected.shape[-2] != size:
+            selected = F.interpolate(selected, size=(size, size), mode="bilinear", align_corners=False)
+        pair, position = torch.nonzero(selected.flatten(1) > thresholds[u][:, None], as_tuple=True)
+        for kept, values in zip(found, (i[pair], u[pair], position)):
+            kept.append(values)
+    return tuple(torch.cat(values) if values else torch.zeros(0, dtype=torch.int64) for values in found)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,9 +389,10 @@ class UnitView:
         self.per_image = np.bincount(self.image, minlength=primitives.n_images).astype(np.float64)
         self.area = len(flat_positions)
         self.square = float(self.per_image @ self.per_image)
-        self.values = gather(primitives.bits, flat_positions).astype(np.float64)       # primitives x positions
-        self.near_values = (gather(primitives.near_bits, flat_positions).astype(np.float64)
-                            if primitives.with_near else None)
+        # bool, 1 byte per primitive and position; float32 only while one formula is extended
+        # (counts stay exact below 2^24 positions per unit)
+        self.values = gather(primitives.bits, flat_positions)                           # primitives x positions
+        self.near_values = gather(primitives.near_bits, flat_positions) if primitives.with_near else None
 
 
 def extensions(primitives, view, counts, formula, candidates, connectors):
@@ -364,12 +402,12 @@ def extensions(primitives, view, counts, formula, candidates, connectors):
     keep = [j for j in candidates if primitives.names[j] not in used]
     if not keep:
         return []
-    b = gather(counts.bits, view.positions).astype(np.float64)     # the formula at the unit's positions
-    own_inter, own_area = b.sum(), counts.area
+    b = gather(counts.bits, view.positions).astype(np.float32)     # the formula at the unit's positions
+    own_inter, own_area = float(b.sum(dtype=np.float64)), counts.area
     own_dot = counts.image_area @ view.per_image
-    values = view.values[keep]
+    values = view.values[keep].astype(np.float32)
     both = values @ b                                              # |U and F and B|
-    single_inter = values.sum(1)
+    single_inter = values.sum(1, dtype=np.float64)
     inter_fb = counts.inter[keep]                                  # |F and B| per image
     area_fb, dot_fb = inter_fb.sum(1), inter_fb @ view.per_image
     area_b, dot_b = primitives.area[keep], primitives.image_area[keep] @ view.per_image
@@ -383,17 +421,19 @@ def extensions(primitives, view, counts, formula, candidates, connectors):
             found[op] = (own_inter - both, own_area - area_fb, own_dot - dot_fb)
         elif op == "WITH":
             present = primitives.presence[keep].astype(np.float64)             # B x images
-            unit_in_f = np.bincount(view.image, weights=b, minlength=primitives.n_images)
-            found[op] = (present @ unit_in_f, present @ counts.image_area, present @ (counts.image_area * view.per_image))
+            unit_in_f = np.bincount(view.image, weights=b.astype(np.float64), minlength=primitives.n_images)
+            found[op] = (present @ unit_in_f, present @ counts.image_area,
+                         present @ (counts.image_area * view.per_image))
         elif op == "CLOSE TO":
             near_b = counts.inter_near_b[keep]
-            found[op] = (view.near_values[keep] @ b, near_b.sum(1), near_b @ view.per_image)
+            found[op] = (view.near_values[keep].astype(np.float32) @ b, near_b.sum(1), near_b @ view.per_image)
         elif op == "CLOSE":
             # (F and near B) or (B and near F): the two overlap in F and B exactly, as every
             # mask lies within its own neighbourhood
-            near_f_at_unit = gather(counts.near_bits, view.positions).astype(np.float64)
+            near_f_at_unit = gather(counts.near_bits, view.positions).astype(np.float32)
             per_image = counts.inter_near_b[keep] + counts.inter_near_f[keep] - inter_fb
-            found[op] = (view.near_values[keep] @ b + values @ near_f_at_unit - both, per_image.sum(1),
+            found[op] = (view.near_values[keep].astype(np.float32) @ b + values @ near_f_at_unit - both,
+                         per_image.sum(1),
                          per_image @ view.per_image)
     rows = []
     for i, j in enumerate(keep):
@@ -412,7 +452,7 @@ def search_units(primitives, unit_positions, connectors=("OR", "AND", "AND NOT")
     merges the results with the beam and keeps the best `beam` (formulas equal up to the order
     of commutative operands count once; among equal scores the earlier stays). Returns one dict
     per unit: formula, score, iou, length, single (the best primitive), single_score,
-    single_iou, and best_by_length (the best score found at each length).
+    single_iou, best_by_length (the best score found at each length) and evaluated (formulas scored).
     """
     cells = primitives.size * primitives.size
     options = dict(score=score, r=r, cells=cells, penalty=penalty)
@@ -420,7 +460,7 @@ def search_units(primitives, unit_positions, connectors=("OR", "AND", "AND NOT")
     for positions in unit_positions:
         view = UnitView(primitives, np.asarray(positions, dtype=np.int64))
         views.append(view)
-        inter = view.values.sum(1)
+        inter = view.values.sum(1, dtype=np.int64)
         dot = primitives.image_area @ view.per_image
         scores = score_from_counts(inter, primitives.area, view.area, dot, 1, unit_square=view.square, **options)
         ious = score_from_counts(inter, primitives.area, view.area, dot, 1)
@@ -428,12 +468,12 @@ def search_units(primitives, unit_positions, connectors=("OR", "AND", "AND NOT")
         best = int(order[0])
         if not view.area:                   # a unit that never fires has no mask to explain
             results.append({"single": None, "single_score": 0.0, "single_iou": 0.0, "candidates": [],
-                            "best_by_length": {}})
+                            "best_by_length": {}, "evaluated": 0})
             beams.append([])
             continue
         results.append({"single": primitives.names[best], "single_score": float(scores[best]),
                         "single_iou": float(ious[best]), "candidates": [int(j) for j in order[:candidates]],
-                        "best_by_length": {1: float(scores[best])}})
+                        "best_by_length": {1: float(scores[best])}, "evaluated": len(scores)})
         beams.append([(float(scores[j]), float(ious[j]), primitives.names[j], canonical(primitives.names[j]))
                       for j in order[:beam]])
     for length in range(2, max_length + 1):
@@ -454,6 +494,7 @@ def search_units(primitives, unit_positions, connectors=("OR", "AND", "AND NOT")
                 scores = score_from_counts(inter, area, view.area, dot, lengths, unit_square=view.square, **options)
                 ious = score_from_counts(inter, area, view.area, dot, lengths)
                 found[unit].extend((float(s), float(i), row[0], None) for s, i, row in zip(scores, ious, rows))
+                results[unit]["evaluated"] += len(rows)
         for unit, new in enumerate(found):
             if not new:
                 continue

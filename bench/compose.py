@@ -1,0 +1,152 @@
+"""`python -m bench.compose`: compositional explanations' speed and memory against a plain
+implementation.
+
+1. The compose stage itself, as `dvc repro` runs it, on the project's cached checkpoint, probe
+   set and dissection thresholds: the params.yaml settings (by default every layer4 unit, length
+   3, beam 5, OR / AND / AND NOT, 2000 probe images), then the same with every indres option on
+   (WITH, CLOSE TO, CLOSE, expanded primitives, imRoU): wall time and peak resident memory.
+2. One formula's cost: the beam search on --units units, by counts over bit-packed masks
+   (netunits.methods.compose.search_units) against a plain beam search that builds each
+   formula's dense mask over the whole probe set and scores it (compexp's way, without its
+   run-length encoding). Both must find the same formula and score; reported per formula
+   scored, and as a ratio.
+Needs `dvc repro` (or at least the train, probe_concepts and dissect stages) first.
+Usage: python -m bench.compose [--units 2]
+"""
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.run import ROOT, measured
+from netunits.activations import iterate_activations
+from netunits.data.probe import load_probe
+from netunits.methods.compose import (Primitives, canonical, concept_masks, evaluate, formula_length, leaves,
+                                      plain_score, search_units, to_string, unit_mask_positions)
+from netunits.models.registry import load_checkpoint
+from netunits.params import load_params
+from netunits.runtime import choose_precision
+
+INDRES = ["--set", "compose.connectors=[OR, AND, AND NOT, WITH, CLOSE TO, CLOSE]", "--set", "compose.expand=true",
+          "--set", "compose.score=imrou", "--set", "compose.length_penalty=0.001"]
+
+
+def stage_run(extra=()):
+    """(wall s, peak RSS MiB, the stage's own line) of `python -m stages.compose` in a scratch folder."""
+    folder = Path(tempfile.mkdtemp(prefix="netunits-compose-"))
+    try:
+        for path in ("artifacts/train/model.pt", "data/probe/probe.pt", "artifacts/dissect/tallies.pt",
+                     "params.yaml"):
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / path, folder / path)
+        for code in ("stages", "netunits"):
+            shutil.copytree(ROOT / code, folder / code, ignore=shutil.ignore_patterns("__pycache__"))
+        wall, rss, out, err = measured(["python", "-m", "stages.compose", *extra], folder)
+        return wall, rss, [line for line in err.splitlines() if "done in" in line][-1]
+    finally:
+        shutil.rmtree(folder)
+
+
+def plain_search(unit, masks, grid, connectors, beam, max_length, candidates):
+    """compexp's beam search on dense masks: every formula's mask built and scored in full."""
+    scored = {name: plain_score(unit, mask, 1) for name, mask in masks.items()}
+    ranked = sorted(scored, key=lambda name: -scored[name])          # stable: concept order among equals
+    pool, evaluated = ranked[:candidates], len(scored)
+    current = [(scored[name], name) for name in ranked[:beam]]
+    for _ in range(max_length - 1):
+        new = []
+        for _, formula in current:
+            cache = evaluate(formula, masks, grid)
+            for name in pool:
+                if name in leaves(formula):
+                    continue
+                for op in connectors:
+                    extended = (op, formula, name)
+                    mask = cache | masks[name] if op == "OR" else cache & masks[name] if op == "AND" else \
+                        cache & ~masks[name] if op == "AND NOT" else evaluate(extended, masks, grid)
+                    new.append((plain_score(unit, mask, formula_length(extended)), extended))
+                    evaluated += 1
+        merged, seen = [], set()
+        for entry in current + new:
+            if canonical(entry[1]) not in seen:
+                seen.add(canonical(entry[1]))
+                merged.append(entry)
+        merged.sort(key=lambda e: -e[0])
+        current = merged[:beam]
+    return current[0], evaluated
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--units", type=int, default=2)
+    args = parser.parse_args()
+    params, dissect = load_params("compose", ROOT / "params.yaml"), load_params("dissect", ROOT / "params.yaml")
+    for name, extra in (("params.yaml", ()), ("indres options", INDRES)):
+        wall, rss, line = stage_run(extra)
+        print(f"compose stage, {name}: {wall:.1f} s wall with process start, peak RSS {rss:.0f} MiB\n  {line}")
+
+    layer = params["layers"][0]
+    model, checkpoint = load_checkpoint(ROOT / "artifacts/train/model.pt")
+    probe = load_probe(ROOT / "data/probe/probe.pt")
+    per_layer = torch.load(ROOT / "artifacts/dissect/tallies.pt", weights_only=False)["per_layer"][layer]
+    size, grid = probe["mask_size"], per_layer["top_maps"].shape[-1]
+    masks = dict(concept_masks(probe, "mask", size, params["downsample_min"]))
+    primitives = Primitives(masks.items(), grid, params["connectors"])
+    device = torch.device("cpu")
+    precision = choose_precision(dissect["precision"], device, "dissect.precision")
+    positions = [[] for _ in range(len(per_layer["thresholds"]))]
+    for start, outputs, _ in iterate_activations(model, probe["images"], [layer], 64, device, precision,
+                                                 checkpoint["input"]):
+        image, unit, position = unit_mask_positions(outputs[layer], per_layer["thresholds"], size)
+        for u in unit.unique().tolist():
+            keep = unit == u
+            positions[u].append(((image[keep] + start) * primitives.words * 64 + position[keep]).numpy())
+    positions = [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in positions]
+    options = dict(connectors=params["connectors"], beam=params["beam"], max_length=params["max_length"],
+                   candidates=params["candidates"])
+
+    start = time.perf_counter()
+    everything = search_units(primitives, positions, **options)
+    fast_all = time.perf_counter() - start
+    units = [u for u in range(len(positions)) if len(positions[u])][:args.units]
+    start = time.perf_counter()
+    fast = search_units(primitives, [positions[u] for u in units], **options)
+    fast_few = time.perf_counter() - start
+    start = time.perf_counter()
+    plain, plain_evaluated = [], 0
+    for u in units:
+        unit = torch.zeros(len(probe["images"]) * primitives.words * 64, dtype=torch.bool)
+        unit[torch.from_numpy(positions[u])] = True
+        unit = unit.view(len(probe["images"]), -1)[:, :size * size].view(-1, size, size)
+        (score, formula), evaluated = plain_search(unit, masks, grid, params["connectors"], **{
+            k: options[k] for k in ("beam", "max_length", "candidates")})
+        plain.append((score, formula))
+        plain_evaluated += evaluated
+    plain_time = time.perf_counter() - start
+    same = all(abs(p[0] - f["score"]) < 1e-9 and canonical(p[1]) == canonical(f["formula"])
+               for p, f in zip(plain, fast))
+    n_all = sum(r["evaluated"] for r in everything)
+    n_few = sum(r["evaluated"] for r in fast)
+    print(f"\nbeam search on {layer}, {len(probe['images'])} probe images, masks {size} x {size}, "
+          f"{len(primitives.names)} concepts, {', '.join(params['connectors'])}, beam {params['beam']}, "
+          f"length {params['max_length']}:")
+    print("| implementation | units | formulas scored | s | us per formula |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| counts over bit-packed masks | {len(positions)} | {n_all} | {fast_all:.1f} | "
+          f"{fast_all / n_all * 1e6:.1f} |")
+    print(f"| counts over bit-packed masks | {len(units)} | {n_few} | {fast_few:.2f} | {fast_few / n_few * 1e6:.1f} |")
+    print(f"| plain: dense masks | {len(units)} | {plain_evaluated} | {plain_time:.1f} | "
+          f"{plain_time / plain_evaluated * 1e6:.1f} |")
+    print(f"ratio per formula, plain / counts (all units): {plain_time / plain_evaluated / (fast_all / n_all):.0f}x; "
+          f"plain for all {len(positions)} units would take about "
+          f"{plain_time / len(units) * len(positions) / 60:.0f} min; same formulas and scores: {same}")
+    for p, f in zip(plain, fast):
+        print(f"  {to_string(f['formula'])} ({f['score']:.4f}) | plain: {to_string(p[1])} ({p[0]:.4f})")
+
+
+if __name__ == "__main__":
+    main()
