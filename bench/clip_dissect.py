@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bench.run import ROOT, measured
+from bench.run import ROOT, measured, stage_in_scratch
 from netunits.methods.clip_dissect import best_concepts, similarity_blocks, top_images
 
 SEED = 0
@@ -77,18 +76,9 @@ def child(kind, n_images, n_units, n_concepts, out):
 
 def stage_run():
     """(wall s, peak RSS MiB, the stage's last lines) of `python -m stages.clip_dissect` in a scratch folder."""
-    folder = Path(tempfile.mkdtemp(prefix="netunits-clip-dissect-"))
-    try:
-        for path in ("artifacts/train/model.pt", "data/probe/probe.pt", "params.yaml"):
-            (folder / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / path, folder / path)
-        shutil.copytree(ROOT / "artifacts/dissect/layers", folder / "artifacts/dissect/layers")
-        for code in ("stages", "netunits"):
-            shutil.copytree(ROOT / code, folder / code, ignore=shutil.ignore_patterns("__pycache__"))
-        wall, rss, out, err = measured(["python", "-m", "stages.clip_dissect"], folder)
-        return wall, rss, out.strip().splitlines() + [line for line in err.splitlines() if "done in" in line][-1:]
-    finally:
-        shutil.rmtree(folder)
+    wall, rss, out, err = stage_in_scratch("clip_dissect", ["artifacts/train/model.pt", "data/probe/probe.pt",
+                                                            "artifacts/dissect/layers"])
+    return wall, rss, out.strip().splitlines() + [line for line in err.splitlines() if "done in" in line][-1:]
 
 
 def main():

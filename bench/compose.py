@@ -14,15 +14,12 @@ Needs `dvc repro` (or at least the train, probe_concepts and dissect stages) fir
 Usage: python -m bench.compose [--units 2]
 """
 import argparse
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.run import ROOT, measured
+from bench.run import ROOT, stage_in_scratch
 from netunits.activations import iterate_activations
 from netunits.data.probe import load_probe
 from netunits.methods.compose import (Primitives, canonical, concept_masks, evaluate, formula_length, leaves,
@@ -37,18 +34,9 @@ INDRES = ["--set", "compose.connectors=[OR, AND, AND NOT, WITH, CLOSE TO, CLOSE]
 
 def stage_run(extra=()):
     """(wall s, peak RSS MiB, the stage's own line) of `python -m stages.compose` in a scratch folder."""
-    folder = Path(tempfile.mkdtemp(prefix="netunits-compose-"))
-    try:
-        for path in ("artifacts/train/model.pt", "data/probe/probe.pt", "artifacts/dissect/tallies.pt",
-                     "params.yaml"):
-            (folder / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / path, folder / path)
-        for code in ("stages", "netunits"):
-            shutil.copytree(ROOT / code, folder / code, ignore=shutil.ignore_patterns("__pycache__"))
-        wall, rss, out, err = measured(["python", "-m", "stages.compose", *extra], folder)
-        return wall, rss, [line for line in err.splitlines() if "done in" in line][-1]
-    finally:
-        shutil.rmtree(folder)
+    wall, rss, _, err = stage_in_scratch("compose", ["artifacts/train/model.pt", "data/probe/probe.pt",
+                                                     "artifacts/dissect/tallies.pt"], extra)
+    return wall, rss, [line for line in err.splitlines() if "done in" in line][-1]
 
 
 def plain_search(unit, masks, grid, connectors, beam, max_length, candidates):

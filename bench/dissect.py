@@ -12,16 +12,13 @@ Needs `dvc repro` (or at least the train, probe_concepts and dissect stages) fir
 Usage: python -m bench.dissect [--images 200] [--units 16]
 """
 import argparse
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.run import ROOT, measured
+from bench.run import ROOT, stage_in_scratch
 from netunits.activations import iterate_activations
 from netunits.data.probe import load_probe, unpack_masks
 from netunits.methods.dissection import IoUTally, dissect_batch_chunks, unit_masks
@@ -31,17 +28,8 @@ from netunits.params import load_params
 
 def stage_run():
     """(wall s, peak RSS MiB, the stage's own line) of `python -m stages.dissect` in a scratch folder."""
-    folder = Path(tempfile.mkdtemp(prefix="netunits-dissect-"))
-    try:
-        for path in ("artifacts/train/model.pt", "data/probe/probe.pt", "params.yaml"):
-            (folder / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / path, folder / path)
-        for code in ("stages", "netunits"):
-            shutil.copytree(ROOT / code, folder / code, ignore=shutil.ignore_patterns("__pycache__"))
-        wall, rss, out, err = measured(["python", "-m", "stages.dissect"], folder)
-        return wall, rss, [line for line in err.splitlines() if "done in" in line][-1]
-    finally:
-        shutil.rmtree(folder)
+    wall, rss, _, err = stage_in_scratch("dissect", ["artifacts/train/model.pt", "data/probe/probe.pt"])
+    return wall, rss, [line for line in err.splitlines() if "done in" in line][-1]
 
 
 def plain_iou(maps, thresholds, pixel, image_labels, annotated, category, mask_size):

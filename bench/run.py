@@ -54,6 +54,22 @@ def measured(command, cwd):
     return float(wall), int(rss_kib) / 1024, result.stdout, "\n".join(err)
 
 
+def stage_in_scratch(stage, inputs, extra=()):
+    """`python -m stages.<stage> [extra]` in a scratch folder holding a copy of the project's code,
+    params.yaml and the cached `inputs` (files or folders) the stage reads; (wall s, peak RSS MiB,
+    stdout, stderr) as `measured` returns them."""
+    folder = Path(tempfile.mkdtemp(prefix=f"netunits-{stage}-"))
+    try:
+        for path in (*inputs, "params.yaml"):
+            (folder / path).parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (ROOT / path).is_dir() else shutil.copy)(ROOT / path, folder / path)
+        for code in ("stages", "netunits"):
+            shutil.copytree(ROOT / code, folder / code, ignore=shutil.ignore_patterns("__pycache__"))
+        return measured(["python", "-m", f"stages.{stage}", *extra], folder)
+    finally:
+        shutil.rmtree(folder)
+
+
 def plain_args(params):
     """bench/plain.py's command line for these params: the same sizes, epochs, seed and schedule
     (batch size 128 and lr 0.001 are its fixed recipe)."""
