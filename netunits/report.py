@@ -105,11 +105,14 @@ def svg_curve(accuracy, rank, width=320, height=90, label=""):
             f'<text x="0" y="{height + 12}" font-size="10">{html.escape(label)}: rank {rank}</text></svg>')
 
 
-def unit_page(unit, layer, facts, strip_file, histogram_svg, curves_svg, concepts):
+def unit_page(unit, layer, facts, strip_file, histogram_svg, curves_svg, concepts, formula_strip=None):
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
     concept_rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{iou:.4f}</td></tr>" for c, iou in concepts)
     strip = f'<p class="strip"><img src="{strip_file}" alt="top images of unit {unit}"></p>' if strip_file else \
         "<p class=note>no dissection: no images</p>"
+    if formula_strip:
+        strip += (f'<h2>Where its formula holds on the same images, in blue</h2><p class="strip">'
+                  f'<img src="{formula_strip}" alt="the formula of unit {unit} on its top images"></p>')
     return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>unit {unit}</title><style>{STYLE}</style>
 </head><body><p><a href="../index.html">all units</a></p><h1>{html.escape(layer)} unit {unit}</h1>
 <table>{rows}</table><h2>Top-activating probe images, the unit's mask in red</h2>{strip}
@@ -118,16 +121,16 @@ def unit_page(unit, layer, facts, strip_file, histogram_svg, curves_svg, concept
 <h2>Place on the ROF curves (accuracy against units retrieved)</h2>{curves_svg}</body></html>"""
 
 
-def strip_image(images, masks, size):
+def strip_image(images, masks, size, colour=(230, 30, 30)):
     """uint8 H x (k * (size + 2)) x 3: each grey or colour image resized to size x size, its mask
-    (bool M x M) tinted red over it."""
+    (bool M x M) tinted over it (red by default)."""
     from PIL import Image
     tiles = []
     for image, mask in zip(images, masks):
         picture = Image.fromarray(image if image.ndim == 3 else np.stack([image] * 3, axis=-1))
         tile = np.asarray(picture.convert("RGB").resize((size, size), Image.BILINEAR)).astype(float)
         tinted = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)) > 0
-        tile[tinted] = 0.45 * tile[tinted] + 0.55 * np.array([230, 30, 30])
+        tile[tinted] = 0.45 * tile[tinted] + 0.55 * np.array(colour)
         tiles.append(np.pad(tile.astype(np.uint8), ((0, 0), (0, 2), (0, 0)), constant_values=255))
     return np.concatenate(tiles, axis=1)
 

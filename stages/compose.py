@@ -6,16 +6,18 @@ A unit's mask is network dissection's: its activation map above the threshold di
 (the dissect.quantile of its activations). Reads params `compose` and dissect's batch_size,
 device, precision and threads (the activations are dissect's, recomputed), artifacts/train/model.pt,
 data/probe/probe.pt and artifacts/dissect/tallies.pt; writes artifacts/compose/formulas.csv,
+artifacts/compose/top_masks.pt (each formula's mask on its unit's top images, for the report),
 artifacts/metrics/compose.json and artifacts/plots/compose_lengths.png.
 """
 import numpy as np
 import torch
 
 from netunits.activations import iterate_activations
-from netunits.data.probe import load_probe
+from netunits.data.probe import load_probe, pack_masks
 from netunits.errors import PipelineError
-from netunits.files import file_sha256, load_checked, remove_stale_temps, write_csv, write_json
-from netunits.methods.compose import Primitives, concept_masks, search_units, to_string, unit_mask_positions
+from netunits.files import file_sha256, load_checked, remove_stale_temps, save_torch, write_csv, write_json
+from netunits.methods.compose import (Primitives, concept_masks, formula_mask_on, search_units, to_string,
+                                      unit_mask_positions)
 from netunits.models.registry import load_checkpoint
 from netunits.plots import close, formula_length_figure, save_figure
 from netunits.runtime import (choose_device, choose_precision, progress, run_stage, set_threads, stage_args,
@@ -42,7 +44,8 @@ def main(argv=None):
     run_dir = args.run_dir
     table_path, metrics_path = run_dir / "artifacts/compose/formulas.csv", run_dir / "artifacts/metrics/compose.json"
     figure_path = run_dir / "artifacts/plots/compose_lengths.png"
-    remove_stale_temps(table_path, metrics_path, figure_path)
+    masks_path = run_dir / "artifacts/compose/top_masks.pt"
+    remove_stale_temps(table_path, metrics_path, figure_path, masks_path)
     tallies = load_checked(run_dir / "artifacts/dissect/tallies.pt", {"per_layer": lambda v: isinstance(v, dict)},
                            "dissection tallies")
     for layer in params["layers"]:
@@ -65,7 +68,7 @@ def main(argv=None):
 
     rows, metrics = [], {"resolution": params["resolution"], "score": params["score"],
                          "connectors": params["connectors"], "expand": params["expand"], "layers": {}}
-    scores_by_length, gains = {}, {}
+    scores_by_length, gains, top_masks = {}, {}, {}
     for layer in params["layers"]:
         per_layer = tallies["per_layer"][layer]
         thresholds = per_layer["thresholds"]
@@ -77,6 +80,14 @@ def main(argv=None):
         found = search_units(primitives, positions, progress=lambda items, desc: progress(items, f"{layer} {desc}"),
                              **search)
         explained = [r for r in found if r["formula"] is not None]
+        # where each formula holds on its unit's top-activating images (dissect's), for the report
+        top_images = per_layer["top_images"]
+        masks = torch.zeros(len(found), top_images.shape[1], size, size, dtype=torch.bool)
+        for unit, result in enumerate(found):
+            if result["formula"] is not None:
+                masks[unit] = formula_mask_on(probe, top_images[unit], result["formula"], params["resolution"], size,
+                                              params["downsample_min"], grid)
+        top_masks[layer] = {"top_images": top_images, "size": size, "masks": pack_masks(masks.numpy())}
         for unit, result in enumerate(found):
             rows.append({"layer": layer, "unit": unit,
                          "formula": "" if result["formula"] is None else to_string(result["formula"]),
@@ -101,6 +112,7 @@ def main(argv=None):
 
     # every check is done: now the outputs
     write_csv(rows, table_path)
+    save_torch({"checkpoint_sha256": tallies["checkpoint_sha256"], "per_layer": top_masks}, masks_path)
     write_json(metrics, metrics_path)
     figure = formula_length_figure(scores_by_length, gains, params["min_gain"])
     save_figure(figure, figure_path, 110)

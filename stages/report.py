@@ -5,8 +5,9 @@ CLIP-Dissect description, and a page per unit; and the same table as artifacts/u
 
 Reads params `report`, artifacts/rof/{unit_roles.csv,curve_train.csv,curve_test.csv} (needed) and,
 where present, artifacts/dissect/layers/<layer>.csv with artifacts/dissect/tallies.pt and
-data/probe/probe.pt, artifacts/influence/units.csv, artifacts/compose/formulas.csv and
-artifacts/clip_dissect/layers/<layer>.csv. A method's output that is missing, made from another
+data/probe/probe.pt, artifacts/influence/units.csv, artifacts/compose/formulas.csv with
+artifacts/compose/top_masks.pt (the formula's mask on the unit's top images, shown beside the
+unit's own) and artifacts/clip_dissect/layers/<layer>.csv. A method's output that is missing, made from another
 checkpoint or without report.layer is named on the index and its columns are left out. Writes
 artifacts/report/, artifacts/units.csv and artifacts/metrics/report.json (per ROF role: detector
 share, mean best IoU, share influential for some class, mean formula IoU; the rank correlation
@@ -17,7 +18,7 @@ import shutil
 
 from PIL import Image
 
-from netunits.data.probe import load_probe
+from netunits.data.probe import load_probe, unpack_masks
 from netunits.errors import PipelineError
 from netunits.files import atomic_path, file_sha256, load_checked, read_csv, write_csv, write_json, write_text
 from netunits.methods.dissection import unit_masks
@@ -71,6 +72,24 @@ def layer_table(path, layer, n_units, what, notes):
     return {key: [values[i] for i in rows] for key, values in table.items()}
 
 
+def formula_masks(run, layer, tally, notes):
+    """Each formula's packed masks on the unit's top images (units x k x bytes) and their size, or
+    None with a note: the compose stage's, when it used this checkpoint and these top images."""
+    try:
+        saved = load_checked(run / "artifacts/compose/top_masks.pt", {"per_layer": lambda v: isinstance(v, dict)},
+                             "formula masks")
+    except (PipelineError, FileNotFoundError) as exc:
+        notes.append(f"formula masks left out: {exc}")
+        return None
+    entry = saved["per_layer"].get(layer)
+    if saved.get("checkpoint_sha256") != file_sha256(run / "artifacts/train/model.pt") or entry is None or \
+            not entry["top_images"].equal(tally["top_images"]):
+        notes.append("formula masks left out: artifacts/compose/top_masks.pt is not of this checkpoint's "
+                     f"{layer} and its top images")
+        return None
+    return entry["masks"], entry["size"]
+
+
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
     params = stage_params("report", args)
@@ -99,6 +118,7 @@ def main(argv=None):
         columns += [("formula", "formula", False), ("formula_iou", "formula IoU", True)]
     if clip:
         columns += [("clip", "CLIP-Dissect", False)]
+    shown_formulas = formula_masks(run, layer, dissected[1], notes) if formulas and dissected else None
     rows = []
     for u in range(n_units):
         row = {"unit": u, "role": roles["category_acc"][u], "role_loss": roles["category_loss"][u],
@@ -137,9 +157,17 @@ def main(argv=None):
                 histogram = svg_histogram(tally["histogram"][u].tolist(), float(tally["histogram_top"][u]),
                                           float(tally["thresholds"][u]))
                 concepts = [(table[f"concept{s}"][u], float(table[f"iou{s}"][u])) for s in ("", "_2", "_3")]
+            formula_strip = None
+            if shown_formulas and row.get("formula"):
+                packed, formula_size = shown_formulas
+                formula_strip = f"{u}_formula.png"
+                with atomic_path(tmp / "units" / formula_strip) as path:
+                    Image.fromarray(strip_image(images, unpack_masks(packed[u:u + 1], formula_size).view(
+                        -1, formula_size, formula_size).numpy(), size, colour=(40, 90, 230))).save(path, format="PNG")
             curves_svg = svg_curve(curves["train"], row["rank_train"], label="train") + \
                 svg_curve(curves["test"], row["rank_test"], label="test")
-            write_text(unit_page(u, layer, facts, strip, histogram, curves_svg, concepts), tmp / "units" / f"{u}.html")
+            write_text(unit_page(u, layer, facts, strip, histogram, curves_svg, concepts, formula_strip),
+                       tmp / "units" / f"{u}.html")
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
     finally:

@@ -7,7 +7,7 @@ import torch
 
 from conftest import TINY_PARAMS, run_main, tiny_params, write_params
 from netunits.activations import iterate_activations
-from netunits.data.probe import load_probe
+from netunits.data.probe import load_probe, unpack_masks
 from netunits.files import read_csv
 from netunits.methods.compose import (Primitives, concept_masks, evaluate, formula_length, parse, plain_score,
                                       to_string, unit_mask_positions, unpack)
@@ -44,6 +44,9 @@ def test_formulas_parse_back_and_score_as_the_dense_definition(project):
     assert table["layer"] == ["layer4"] * 512 and table["unit"] == [str(u) for u in range(512)]
     masks, probe = dense_unit_masks("layer4", 16)
     concepts = concept_dict(probe, "mask", 16)
+    saved = torch.load(project / "artifacts/compose/top_masks.pt", weights_only=True)["per_layer"]["layer4"]
+    tallies = torch.load(project / "artifacts/dissect/tallies.pt", weights_only=True)["per_layer"]["layer4"]
+    assert saved["top_images"].equal(tallies["top_images"]) and saved["size"] == 16
     checked = 0
     for unit in range(512):
         if not table["formula"][unit]:
@@ -57,6 +60,10 @@ def test_formulas_parse_back_and_score_as_the_dense_definition(project):
             assert dense == pytest.approx(float(table["score"][unit]), rel=1e-5, abs=1e-6)
             single = plain_score(masks[unit], concepts[table["single"][unit]], 1)
             assert single == pytest.approx(float(table["single_iou"][unit]), rel=1e-5, abs=1e-6)
+            # the report's strip: the formula's mask on the unit's top images
+            shown = saved["masks"][unit]
+            assert unpack_masks(shown[None], 16).view(-1, 16, 16).equal(
+                evaluate(formula, concepts, 1)[saved["top_images"][unit]])
             checked += 1
     assert checked >= 16
     layer = metrics["layers"]["layer4"]
@@ -77,6 +84,7 @@ def test_indres_options_on_the_layers_own_grid(project):
     assert metrics["resolution"] == "layer" and metrics["score"] == "imrou" and len(table["unit"]) == 256
     masks, probe = dense_unit_masks("layer3", 2)                   # layer3 is 2 x 2 at 32 px
     concepts = concept_dict(probe, "layer", 2)
+    saved = torch.load(project / "artifacts/compose/top_masks.pt", weights_only=True)["per_layer"]["layer3"]
     primitives = Primitives(concepts.items(), 2, ["CLOSE"], expand_primitives=True)
     expanded = {name: unpack(bits, 2) for name, bits in zip(primitives.names, primitives.bits)}   # with <name>-X
     for unit in range(0, 256, 32):
@@ -85,6 +93,8 @@ def test_indres_options_on_the_layers_own_grid(project):
             dense = plain_score(masks[unit], evaluate(formula, expanded, 2), formula_length(formula), score="imrou",
                                 r=0.75, penalty=0.001)
             assert dense == pytest.approx(float(table["score"][unit]), rel=1e-5, abs=1e-6)
+            assert unpack_masks(saved["masks"][unit:unit + 1], 2).view(-1, 2, 2).equal(
+                evaluate(formula, expanded, 2)[saved["top_images"][unit]])
 
 
 @pytest.mark.parametrize("compose_params, message", [

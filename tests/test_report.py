@@ -35,8 +35,12 @@ def test_index_unit_pages_metrics_and_size(reported):
     assert len(re.findall(r"<tr data-role=", index)) == 512
     assert "<script>" in index and "http" not in index.split("<script>")[1]      # nothing fetched
     pages = list((reported / "artifacts/report/units").glob("*.html"))
-    strips = list((reported / "artifacts/report/units").glob("*.png"))
-    assert len(pages) == 512 and len(strips) == 512
+    strips = [p for p in (reported / "artifacts/report/units").glob("*.png") if not p.stem.endswith("_formula")]
+    formula_strips = list((reported / "artifacts/report/units").glob("*_formula.png"))
+    with_formula = sum(bool(f) for f in read_csv(reported / "artifacts/compose/formulas.csv", numeric=False)["formula"])
+    assert len(pages) == 512 and len(strips) == 512 and len(formula_strips) == with_formula > 0
+    page = reported / "artifacts/report/units" / (formula_strips[0].stem.removesuffix("_formula") + ".html")
+    assert "Where its formula holds" in page.read_text()
     assert sum(f.stat().st_size for f in (reported / "artifacts/report").rglob("*") if f.is_file()) < 30 * 2**20
     metrics = json.loads((reported / "artifacts/metrics/report.json").read_text())
     roles = read_csv(reported / "artifacts/rof/unit_roles.csv", numeric=False)

@@ -206,6 +206,18 @@ def concept_masks(probe, resolution, size, min_share):
             yield concept["name"], label[:, None, None].expand(n, size, size).clone()
 
 
+def formula_mask_on(probe, indices, formula, resolution, size, min_share, grid):
+    """A formula's dense mask (bool k x size x size) on some probe images, from their concept masks
+    as the search saw them (expanded primitives included)."""
+    subset = {"images": probe["images"][indices], "mask_size": probe["mask_size"], "concepts": probe["concepts"],
+              "pixel_masks": probe["pixel_masks"][indices], "image_labels": probe["image_labels"][indices]}
+    masks = dict(concept_masks(subset, resolution, size, min_share))
+    for name in leaves(formula):
+        if name not in masks and name.endswith(EXPANDED):
+            masks[name] = expand(masks[name[:-len(EXPANDED)]], max(1, round(size / grid)))
+    return evaluate(formula, masks, grid)
+
+
 def evaluate(formula, masks, grid):
     """The dense mask of a formula: masks maps each primitive's name to bool images x S x S."""
     if isinstance(formula, str):
