@@ -16,14 +16,12 @@ Usage: python -m bench.compose [--units 2]
 import argparse
 import time
 
-import numpy as np
 import torch
 
 from bench.run import ROOT, stage_in_scratch
-from netunits.activations import iterate_activations
 from netunits.data.probe import load_probe
 from netunits.methods.compose import (Primitives, canonical, concept_masks, evaluate, formula_length, leaves,
-                                      plain_score, search_units, to_string, unit_mask_positions)
+                                      plain_score, search_units, to_string, unit_positions)
 from netunits.models.registry import load_checkpoint
 from netunits.params import load_params
 from netunits.runtime import choose_precision
@@ -86,14 +84,8 @@ def main():
     primitives = Primitives(masks.items(), grid, params["connectors"])
     device = torch.device("cpu")
     precision = choose_precision(dissect["precision"], device, "dissect.precision")
-    positions = [[] for _ in range(len(per_layer["thresholds"]))]
-    for start, outputs, _ in iterate_activations(model, probe["images"], [layer], 64, device, precision,
-                                                 checkpoint["input"]):
-        image, unit, position = unit_mask_positions(outputs[layer], per_layer["thresholds"], size)
-        for u in unit.unique().tolist():
-            keep = unit == u
-            positions[u].append(((image[keep] + start) * primitives.words * 64 + position[keep]).numpy())
-    positions = [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in positions]
+    run = dict(batch_size=64, device=device, precision=precision, input_spec=checkpoint["input"], key="layers")
+    positions = unit_positions(model, probe, layer, per_layer["thresholds"], size, primitives.words, run)
     options = dict(connectors=params["connectors"], beam=params["beam"], max_length=params["max_length"],
                    candidates=params["candidates"])
 

@@ -12,30 +12,14 @@ artifacts/metrics/compose.json and artifacts/plots/compose_lengths.png.
 import numpy as np
 import torch
 
-from netunits.activations import iterate_activations
 from netunits.data.probe import load_probe, pack_masks
 from netunits.errors import PipelineError
 from netunits.files import file_sha256, load_checked, remove_stale_temps, save_torch, write_csv, write_json
-from netunits.methods.compose import (Primitives, concept_masks, formula_mask_on, search_units, to_string,
-                                      unit_mask_positions)
+from netunits.methods.compose import Primitives, concept_masks, formula_mask_on, search_units, to_string, unit_positions
 from netunits.models.registry import load_checkpoint
 from netunits.plots import close, formula_length_figure, save_figure
 from netunits.runtime import (choose_device, choose_precision, progress, run_stage, set_threads, stage_args,
                               stage_params)
-
-
-def unit_positions(model, probe, layer, thresholds, size, words, run):
-    """Each unit's mask as flat positions (image * words * 64 + position), from batches of
-    activations: upsampled to size x size (resolution mask) or at the layer's own grid."""
-    found = []
-    for start, outputs, _ in iterate_activations(model, probe["images"], [layer], desc=f"{layer} masks", **run):
-        image, unit, position = unit_mask_positions(outputs[layer], thresholds, size)
-        found.append((unit.numpy(), (image.numpy() + start) * words * 64 + position.numpy()))
-    units = np.concatenate([u for u, _ in found])
-    positions = np.concatenate([p for _, p in found])
-    order = np.argsort(units, kind="stable")
-    bounds = np.searchsorted(units[order], np.arange(len(thresholds) + 1))
-    return [np.sort(positions[order][bounds[u]:bounds[u + 1]]) for u in range(len(thresholds))]
 
 
 def main(argv=None):

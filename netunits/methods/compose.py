@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from netunits.activations import iterate_activations
 from netunits.data.probe import unpack_masks
 from netunits.errors import PipelineError
 
@@ -289,6 +290,20 @@ def unit_mask_positions(maps, thresholds, size, budget=1 << 24):
         for kept, values in zip(found, (i[pair], u[pair], position)):
             kept.append(values)
     return tuple(torch.cat(values) if values else torch.zeros(0, dtype=torch.int64) for values in found)
+
+
+def unit_positions(model, probe, layer, thresholds, size, words, run):
+    """Each unit's mask as flat positions (image * words * 64 + position), from batches of
+    activations: upsampled to size x size (resolution mask) or at the layer's own grid."""
+    found = []
+    for start, outputs, _ in iterate_activations(model, probe["images"], [layer], desc=f"{layer} masks", **run):
+        image, unit, position = unit_mask_positions(outputs[layer], thresholds, size)
+        found.append((unit.numpy(), (image.numpy() + start) * words * 64 + position.numpy()))
+    units = np.concatenate([u for u, _ in found])
+    positions = np.concatenate([p for _, p in found])
+    order = np.argsort(units, kind="stable")
+    bounds = np.searchsorted(units[order], np.arange(len(thresholds) + 1))
+    return [np.sort(positions[order][bounds[u]:bounds[u + 1]]) for u in range(len(thresholds))]
 
 
 # --------------------------------------------------------------------------------------------
