@@ -4,7 +4,7 @@ PYTHON ?= python3
 # Stages are run by DVC as `python -m stages.<name>`: put the venv first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test bench study cifar clean-venv
+.PHONY: run test bench study cifar clean-venv plots-template
 
 $(VENV)/.installed: requirements.txt requirements-data.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -42,3 +42,7 @@ $(VENV)/.clip-installed: $(VENV)/.installed requirements-clip.txt
 
 clean-venv:
 	rm -rf $(VENV)
+
+# plots/template.html (`dvc plots show` / `diff` pages that render offline) from plots/vendor/
+plots-template:
+	python plots/build_template.py
