@@ -38,7 +38,9 @@ def model_label(arch, layer):
 
 
 def rof_figure(curves, rof_metrics, baseline_accuracy, ranking, label):
-    """2 x 2: accuracy (top) and loss (bottom) against n_units, train (left) and test (right)."""
+    """2 x 2: accuracy (top) and loss (bottom) against n_units, train (left) and test (right).
+    The accuracy panels' baselines: `baseline_accuracy` (the model's test accuracy) on the test
+    panel, rof_metrics["train"]["full_accuracy"] (its accuracy on the train subset) on the train one."""
     figure, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     for col, subset in enumerate(("train", "test")):
         c, m = curves[subset], rof_metrics[subset]
@@ -54,8 +56,9 @@ def rof_figure(curves, rof_metrics, baseline_accuracy, ranking, label):
             ax.axvline(exact, color="orange", lw=1.5, label=f"n0_{key} exact = {exact}")
             ax.axvline(tolerant, color="orange", lw=1.5, ls=":", label=f"n0_{key} tolerance = {tolerant}")
             if metric == "accuracy":
-                ax.axhline(baseline_accuracy, color="red", ls="--", lw=1,
-                           label=f"baseline (test) = {baseline_accuracy:.3f}")
+                # each panel's own subset: the model's accuracy there with every unit
+                baseline = baseline_accuracy if subset == "test" else m["full_accuracy"]
+                ax.axhline(baseline, color="red", ls="--", lw=1, label=f"baseline ({subset}) = {baseline:.3f}")
             n_total = int(c["n_units"][-1])
             flags = [name for name, n0 in (("exact", exact), ("tolerance", tolerant)) if n0 in (0, n_total)]
             title = f"{subset}: {title_metric}"
@@ -147,26 +150,63 @@ def probe_figure(images, masks, names):
     return figure
 
 
-def concepts_per_layer_figure(counts):
-    """counts: {layer: {concept: detectors}}; one bar chart per layer (the source document's)."""
+IOU_DIGITS = 4   # as the explorer's tables and the stages' summary lines print IoUs
+
+
+def iou_text(value: float) -> str:
+    """An IoU as figures print it: 0.0394 stays 0.0394, never rounded up to a threshold of 0.04."""
+    return f"{value:.{IOU_DIGITS}f}"
+
+
+def concepts_per_layer_figure(counts, threshold=None):
+    """counts: {layer: {concept: detectors}}; one bar chart per layer (the source document's). A
+    layer without detectors gets a sentence instead of an empty axis."""
     figure, axes = plt.subplots(len(counts), 1, figsize=(11, 2.6 * len(counts)), squeeze=False)
+    reach = f"IoU {threshold}" if threshold is not None else "the detector threshold"
     for ax, (layer, per_concept) in zip(axes[:, 0], counts.items()):
         items = sorted(per_concept.items(), key=lambda kv: (-kv[1], kv[0]))
+        if not items:
+            ax.axis("off")
+            ax.text(0.5, 0.5, f"{layer}: no detectors: no unit's best concept reaches {reach}",
+                    ha="center", va="center", fontsize=10, transform=ax.transAxes)
+            continue
         ax.bar(range(len(items)), [v for _, v in items], color="tab:blue")
         ax.set_xticks(range(len(items)), [k for k, _ in items], rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("detectors")
         ax.set_title(f"{layer}: {sum(per_concept.values())} detectors of {len(items)} concepts", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    figure.suptitle("Units per concept (best concept, IoU at or above the threshold)")
+    at = f"at or above {threshold}" if threshold is not None else "at or above the threshold"
+    figure.suptitle(f"Units per concept (best concept, IoU {at})")
     figure.tight_layout()
     return figure
 
 
-def strips_figure(rows):
-    """rows: (title, [(image S x S uint8, unit mask M x M bool), ...]); NetDissect's image strips."""
-    n_cols = max(len(images) for _, images in rows)
+def strip_label(layer: str, unit: int, concept: str, iou: float) -> str:
+    """A strip's row label: the unit, its best concept and that concept's IoU."""
+    return f"{layer} unit {unit}\n{concept}\nIoU {iou_text(iou)}"
+
+
+def strips_title(ious, threshold) -> str:
+    """What the strips show: "best detectors" only when every drawn unit passes the threshold."""
+    head = "Top-activating probe images with the unit's mask"
+    if threshold is None or ious is None:
+        return f"{head} (units with the highest IoU)"
+    passing = sum(iou >= threshold for iou in ious)
+    if passing == len(ious):
+        return f"{head} (best detectors, IoU at or above {threshold})"
+    if passing == 0:
+        return f"{head} (best units by IoU, none passes {threshold})"
+    return f"{head} (best units by IoU, {passing} of {len(ious)} pass {threshold})"
+
+
+def strips_figure(rows, threshold=None):
+    """rows: (title, [(image S x S uint8, unit mask M x M bool), ...]) or (title, images, best IoU);
+    NetDissect's image strips. With `threshold` and every row's IoU the title says how many of the
+    drawn units are detectors."""
+    n_cols = max(len(row[1]) for row in rows)
+    ious = [row[2] for row in rows] if all(len(row) == 3 for row in rows) else None
     figure, axes = plt.subplots(len(rows), n_cols, figsize=(1.3 * n_cols, 1.45 * len(rows)), squeeze=False)
-    for r, (title, images) in enumerate(rows):
+    for r, (title, images, *_) in enumerate(rows):
         for c in range(n_cols):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -178,7 +218,7 @@ def strips_figure(rows):
             ax.imshow(image, cmap="gray", extent=(0, 1, 1, 0))
             ax.imshow(np.ma.masked_where(~mask, mask), cmap="autumn", alpha=0.55, extent=(0, 1, 1, 0))
         axes[r, 0].set_ylabel(title, fontsize=7, rotation=0, ha="right", va="center")
-    figure.suptitle("Top-activating probe images with the unit's mask (best detectors)")
+    figure.suptitle(strips_title(ious, threshold))
     figure.tight_layout()
     return figure
 
