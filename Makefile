@@ -4,7 +4,7 @@ PYTHON ?= python3
 # Stages are run by DVC as `python -m stages.<name>`: put the venv first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test bench study cifar clean-venv plots-template
+.PHONY: run test bench study cifar clean-venv plots-template summary
 
 $(VENV)/.installed: requirements.txt requirements-data.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(VENV)/.installed: requirements.txt requirements-data.txt
 
 run: $(VENV)/.installed
 	dvc repro
+
+# artifacts/summary.md: the run's headline numbers from artifacts/metrics/*.json
+summary: $(VENV)/.installed
+	python -m netunits.summary
 
 test: $(VENV)/.installed
 	python -m pytest -q tests

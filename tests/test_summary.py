@@ -1,0 +1,92 @@
+"""netunits.summary: artifacts/summary.md holds the metrics files' values, and a missing or
+unreadable metrics file is named with the command that makes it."""
+import json
+
+import pytest
+
+from netunits import summary
+
+ROLES = {"both": 7, "train_only": 1, "test_only": 2, "neither": 0}
+METRICS = {
+    "train": {"baseline_accuracy": 0.8125, "baseline_loss": 0.5, "final_train_loss": 0.25},
+    "rof": {"train": {"n0_acc": 9, "n0_loss": 10, "n0_acc_tol": 6, "n0_loss_tol": 8, "full_accuracy": 0.875},
+            "test": {"n0_acc": 8, "n0_loss": 10, "n0_acc_tol": 5, "n0_loss_tol": 7, "full_accuracy": 0.8125},
+            "taxonomy": {d: {m: {**ROLES, "degenerate": d == "exact" and m == "loss"} for m in ("acc", "loss")}
+                         for d in ("exact", "tolerance")}},
+    "dissect": {"iou_threshold": 0.04,
+                "layers": {"layer3": {"units": 4, "detectors": 0, "unique_concepts": 0, "mean_best_iou": 0.01},
+                           "layer4": {"units": 10, "detectors": 3, "unique_concepts": 2, "mean_best_iou": 0.03}},
+                "overall": {"units": 14, "detectors": 3, "unique_concepts": 2, "mean_best_iou": 0.0214}},
+    "compose": {"layers": {"layer4": {"units": 10, "mean_iou": 0.0625, "mean_single_iou": 0.03,
+                                      "formulas_by_length": {"1": 0, "2": 1, "3": 9}, "unique_formulas": 6}}},
+    "clip_dissect": {"source": "annotations", "concepts": 5,
+                     "layers": {"layer4": {"units": 10, "unique_descriptions": 4}},
+                     "overall": {"units": 10, "unique_descriptions": 4, "agreement_with_dissection": 0.2,
+                                 "chance_agreement": 0.05}},
+    "influence": {"n_units": 10, "accuracy_full": 0.8125,
+                  "by_k": {"10": {"accuracy_decomposed": 0.75, "units_in_some_set": 9},
+                           "2": {"accuracy_decomposed": 0.5, "units_in_some_set": 3}}},
+    "report": {"left_out": [], "spearman_l1_rank_train_vs_iou": -0.25,
+               "by_role": {"both": {"units": 7, "detector_share": 0.0, "influential_share": 0.5,
+                                    "mean_formula_iou": 0.0625},
+                           "neither": {"units": 0, "detector_share": None, "influential_share": None,
+                                       "mean_formula_iou": None}}},
+}
+
+
+@pytest.fixture
+def metrics_dir(tmp_path):
+    folder = tmp_path / "artifacts/metrics"
+    folder.mkdir(parents=True)
+    for name, value in METRICS.items():
+        (folder / f"{name}.json").write_text(json.dumps(value))
+    return folder
+
+
+def row(text, name):
+    """The value cell of the row named `name`."""
+    cells = [line.split(" | ") for line in text.splitlines() if line.startswith(f"| {name} | ")]
+    assert len(cells) == 1, (name, text)
+    return cells[0][1].rstrip(" |")
+
+
+def test_the_summary_holds_the_metrics_values(metrics_dir):
+    text = summary.summary_markdown(metrics_dir)
+    assert row(text, "test accuracy (all units)") == "0.8125"
+    assert row(text, "n0 on train: by accuracy exact / tolerance") == "9 / 6 (accuracy with every unit 0.8750)"
+    assert row(text, "n0 on test: by loss exact / tolerance") == "10 / 7"
+    assert row(text, "roles (tolerance, by acc): both / train_only / test_only / neither") == "7 / 1 / 2 / 0"
+    assert row(text, "roles (exact, by loss): both / train_only / test_only / neither").endswith("(degenerate: "
+                                                                                                "a U0 holds every unit or none)")
+    assert row(text, "detectors per layer (best IoU at or above 0.04)") == "layer3 0 of 4, layer4 3 of 10"
+    assert row(text, "layer4: mean formula IoU (best single concept's)") == "0.0625 (0.0300)"
+    assert row(text, "layer4: unique formulas") == "6 of 10 units (lengths up to 3)"
+    assert row(text, "unique descriptions per layer (5 concepts, annotations)") == "layer4 4 of 10"
+    assert row(text, "decomposed accuracy, k = 2 / 10") == "0.500 / 0.750"       # ordered by k, not as text
+    assert row(text, "both (7 units): detector share / influential share / mean formula IoU") == "0.000 / 0.500 / 0.0625"
+    assert row(text, "neither (0 units): detector share / influential share / mean formula IoU") == "n/a / n/a / n/a"
+    assert row(text, "Spearman: L1 rank on train vs best IoU") == "-0.250"
+
+
+def test_a_missing_or_broken_file_is_named_with_its_command(metrics_dir):
+    (metrics_dir / "compose.json").unlink()
+    (metrics_dir / "influence.json").write_text("{not json")
+    (metrics_dir / "train.json").write_text(json.dumps({k: v for k, v in METRICS["train"].items()
+                                                        if k != "baseline_loss"}))
+    text = summary.summary_markdown(metrics_dir)
+    assert f"Missing: `{metrics_dir}/compose.json`; run `dvc repro compose` to make it." in text
+    assert f"Unreadable: `{metrics_dir}/influence.json`" in text and "run `dvc repro influential_filters`" in text
+    assert "lacks what this summary reads (KeyError: 'baseline_loss'); run `dvc repro train`" in text
+    assert row(text, "unique descriptions per layer (5 concepts, annotations)") == "layer4 4 of 10"   # the rest stays
+    assert summary.missing_files(metrics_dir) == [metrics_dir / "compose.json"]
+
+
+def test_main_writes_the_page(metrics_dir, tmp_path, capsys):
+    output = tmp_path / "out/summary.md"
+    assert summary.main(["--metrics-dir", str(metrics_dir), "--output", str(output)]) == 0
+    assert output.read_text() == summary.summary_markdown(metrics_dir)
+    captured = capsys.readouterr()
+    assert captured.out == output.read_text() and captured.err == f"wrote {output}\n"
+    (metrics_dir / "report.json").unlink()
+    assert summary.main(["--metrics-dir", str(metrics_dir), "--output", str(output)]) == 0
+    assert capsys.readouterr().err == f"wrote {output} (1 metrics files missing: report.json)\n"
