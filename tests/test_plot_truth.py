@@ -53,7 +53,8 @@ def test_strips_are_called_detectors_only_when_every_drawn_unit_passes():
 
 def test_strips_figure_titles_what_it_draws():
     picture = (np.zeros((4, 4), np.uint8), np.eye(4, dtype=bool))
-    rows = [(plots.strip_label("layer4", u, "hole", iou), [picture, picture], iou) for u, iou in ((1, 0.0394), (2, 0.03))]
+    rows = [(plots.strip_label("layer4", u, "hole", iou), [picture, picture], iou)
+            for u, iou in ((1, 0.0394), (2, 0.03))]
     figure = plots.strips_figure(rows, 0.04)
     assert "none passes 0.04" in figure.texts[0].get_text()
     assert "detectors" not in figure.texts[0].get_text()
