@@ -65,6 +65,7 @@ def render(page: Path) -> str:
     return result.stdout
 
 
+@pytest.mark.slow   # four DVC commands and two browser runs: 5 s idle, 14 s on a busy 2-core machine
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium) to render the page")
 def test_plots_show_and_diff_render_offline(tmp_path):
     repo = tmp_path / "repo"
