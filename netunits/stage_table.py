@@ -157,3 +157,8 @@ def stage_paths(stage: str, run_dir: Path | str = ".") -> dict[str, Path]:
 def study_cell(run_dir: Path | str, noise: float, seed: int) -> Path:
     """The folder of the study's cell for this label noise and seed."""
     return Path(run_dir) / STUDY_CELL.format(noise=noise, seed=seed)
+
+
+if __name__ == "__main__":
+    from netunits.dvc_files import main
+    raise SystemExit(main())
