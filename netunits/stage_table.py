@@ -90,6 +90,9 @@ FILES: dict[str, Out] = {
     "study_metrics": metric("artifacts/metrics/study.json"),
 }
 
+# Where data.source torchvision downloads to (relative to the working directory; not a DVC output).
+RAW_DIR = Path("data/raw")
+
 # A study cell's folder (the run dir of its stages), as the aggregate and study/dvc.yaml spell it.
 STUDY_CELL = "artifacts/study/runs/noise{noise}_seed{seed}"
 
@@ -152,6 +155,11 @@ def stage_paths(stage: str, run_dir: Path | str = ".") -> dict[str, Path]:
     """A stage's deps and outs by name, under run_dir."""
     entry = STAGES[stage]
     return {name: Path(run_dir) / FILES[name].path for name in entry.deps + entry.outs}
+
+
+def stage_outs(stage: str, run_dir: Path | str = ".") -> list[Path]:
+    """A stage's outputs under run_dir (for remove_stale_temps before it writes)."""
+    return [Path(run_dir) / FILES[name].path for name in STAGES[stage].outs]
 
 
 def study_cell(run_dir: Path | str, noise: float, seed: int) -> Path:
