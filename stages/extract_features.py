@@ -1,63 +1,30 @@
 """Stage extract_features: one value per unit and image (the spatial mean) at each layer of
-extract_features.layers (default avgpool, ResNet's pooled features), for the training and the
-test subsets, by forward hooks in eval mode.
+extract_features.layers (which must include the architecture's pooled layer, avgpool), for the
+training and the test subsets, by forward hooks in eval mode.
 
-Reads params `extract_features`, artifacts/train/model.pt and data/prepared/{train,test}.pt;
-writes artifacts/features/{train,test}.pt, each a dict with features ({layer: fp32 N x units}),
+Reads params `extract_features` and `compute`, artifacts/train/model.pt and
+data/prepared/{train,test}.pt; writes artifacts/features/{train,test}.pt, each a dict with features ({layer: fp32 N x units}),
 logits (the model's own fp32 output), labels, indices, clean_labels where the labels carry
 noise, and the sha256 of the checkpoint they came from (rof_sweep refuses features that do not
 match the checkpoint it is given).
 """
-import torch
-
-from netunits.activations import pooled_features
-from netunits.data.prepared import load_prepared
-from netunits.errors import PipelineError
-from netunits.files import remove_stale_temps, save_torch
-from netunits.models.registry import load_checkpoint
-from netunits.runtime import (check_fits, choose_device, choose_precision, run_stage, set_threads, stage_args,
-                              stage_params)
+from netunits.api.extract_features import load_extract_features_inputs, run_extract_features, write_extract_features
+from netunits.files import remove_stale_temps
+from netunits.runtime import resolve_compute, run_stage, stage_args, stage_config
+from netunits.stage_table import stage_outs, stage_paths
 
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params = stage_params("extract_features", args)
-    checkpoint_path = args.run_dir / "artifacts/train/model.pt"
-    out_dir = args.run_dir / "artifacts/features"
-    outputs = {split: out_dir / f"{split}.pt" for split in ("train", "test")}
-    remove_stale_temps(*outputs.values())
-    device = choose_device(params["device"], "extract_features.device")
-    precision = choose_precision(params["precision"], device, "extract_features.precision")
-    set_threads(params["threads"])
-    model, checkpoint = load_checkpoint(checkpoint_path)
-    # channels_last weights, as training evaluates with: the checkpoint stores contiguous ones,
-    # which the matrix-product convolutions would copy into their layout for every batch. In
-    # bf16 the features keep every bit (tested); in fp32 oneDNN picks other kernels.
-    model.to(device, memory_format=torch.channels_last)
-    subsets = {split: load_prepared(args.run_dir / f"data/prepared/{split}.pt") for split in outputs}
-    layers, spec = params["layers"], checkpoint["input"]
-    for split, subset in subsets.items():
-        if subset["image_size"] != checkpoint["image_size"]:
-            raise PipelineError(f"{args.run_dir / 'data/prepared'}/{split}.pt: images are {subset['image_size']} "
-                                f"px but {checkpoint_path} was trained on {checkpoint['image_size']} px; "
-                                f"rerun `dvc repro`")
-    # one image through the hooks: the units per layer, for the size check, and a bad layer name
-    # fails here, before anything is written
-    probe, _ = pooled_features(model, subsets["test"]["images"][:1], layers, 1, device, precision, spec)
-    n_samples = sum(len(s["labels"]) for s in subsets.values())
-    n_values = sum(f.shape[1] for f in probe.values()) + checkpoint["n_classes"]
-    check_fits(n_samples * n_values * 4, out_dir, "the features")
-    for split, path in outputs.items():
-        subset = subsets[split]
-        features, logits = pooled_features(model, subset["images"], layers, params["batch_size"], device,
-                                           precision, spec, split)
-        accuracy = float((logits.argmax(1) == subset["labels"]).double().mean())
-        extra = {"clean_labels": subset["clean_labels"]} if "clean_labels" in subset else {}
-        save_torch({"features": features, "logits": logits, "labels": subset["labels"],
-                    "indices": subset["indices"], **extra, "checkpoint_sha256": checkpoint["sha256"],
-                    "precision": precision}, path)
-        shapes = ", ".join(f"{name} {tuple(f.shape)}" for name, f in features.items())
-        print(f"{split}: features {shapes} ({precision}), model accuracy {accuracy:.4f}")
+    params = stage_config(args, "extract_features", "compute")
+    paths = stage_paths("extract_features", args.run_dir)
+    remove_stale_temps(*stage_outs("extract_features", args.run_dir))
+    runtime = resolve_compute(params.compute, analysis=False, source=params.source)
+    inputs = load_extract_features_inputs(paths)
+    result = run_extract_features(inputs, params.extract_features, runtime, params.source,
+                                  out_dir=paths["train_features"].parent)
+    write_extract_features(result, paths)
+    print(result.summary())
 
 
 if __name__ == "__main__":
