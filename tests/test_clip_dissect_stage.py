@@ -66,6 +66,29 @@ def test_same_params_same_outputs_and_a_concept_subset(project):
     assert not (project / "artifacts/clip_dissect/layers/layer2.csv").exists()   # no table of an old layer
 
 
+
+def test_the_library_call_gives_what_the_stage_wrote(project):
+    """run_clip_dissect from tensors and a config, as a notebook calls it: the stage's tables and metrics."""
+    from netunits.api.clip_dissect import ClipDissectInputs, run_clip_dissect
+    from netunits.models.registry import load_checkpoint
+    from netunits.params import load_params
+    from netunits.plots import close
+    from netunits.runtime import resolve_compute
+    params = load_params(project / "params.yaml")
+    model, checkpoint = load_checkpoint(project / "artifacts/train/model.pt")
+    probe = load_probe(project / "data/probe/probe.pt")
+    dissected = {layer: read_csv(project / f"artifacts/dissect/layers/{layer}.csv", numeric=False) for layer in UNITS}
+    inputs = ClipDissectInputs(model, checkpoint["input"], probe, [c["name"] for c in probe["concepts"]], None,
+                               dissected)
+    result = run_clip_dissect(inputs, params.clip_dissect, resolve_compute(params.compute, analysis=True))
+    close(result.figure)
+    assert result.metrics == json.loads((project / "artifacts/metrics/clip_dissect.json").read_text())
+    for layer in UNITS:
+        table = read_csv(project / f"artifacts/clip_dissect/layers/{layer}.csv", numeric=False)
+        assert [r["description"] for r in result.tables[layer]] == table["description"]
+    assert len(result.descriptions()) == 896 and list(result.descriptions()[0]) == ["layer", "unit", "description",
+                                                                                    "similarity"]
+
 def _remove_outputs(project):
     for path in OUTPUTS:
         (project / path).unlink()

@@ -118,12 +118,12 @@ def probe_annotation_matrix(probe: Mapping[str, Any], names: list[str], quantile
 
 
 def unit_summaries(model: torch.nn.Module, images: torch.Tensor, layers: list[str], pool: str, batch_size: int,
-                   runtime: Any, input_spec: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+                   runtime: Any, input_spec: Mapping[str, Any], source: str = "params.yaml") -> dict[str, torch.Tensor]:
     """Each unit's value per probe image (methods.clip_dissect.unit_summary): {layer: images x units}."""
     model.to(runtime.device, memory_format=torch.channels_last)
     parts = {layer: [] for layer in layers}
     for _, outputs, _ in iterate_activations(model, images, layers, batch_size, runtime.device, runtime.precision,
-                                             input_spec, desc="units", key="clip_dissect.layers"):
+                                             input_spec, desc="units", key="clip_dissect.layers", source=source):
         for layer, output in outputs.items():
             parts[layer].append(unit_summary(output, pool))
     return {layer: torch.cat(values) for layer, values in parts.items()}
@@ -160,10 +160,10 @@ def run_clip_dissect(inputs: ClipDissectInputs, config: Any, runtime: Any,
             raise PipelineError(f"{config.concepts}: the annotations source scores only the probe set's "
                                 f"concepts, and {unknown[0]!r} is not one ({', '.join(probe_names)})")
     else:
-        clip, preprocess, tokenizer = load_model(config.model, config.weights, runtime.device)
+        clip, preprocess, tokenizer = load_model(config.model, config.weights, runtime.device, source=source)
 
     summaries = unit_summaries(inputs.model, probe["images"], layers, config.pool, config.batch_size, runtime,
-                               inputs.input_spec)
+                               inputs.input_spec, source)
     dissected = {layer: table for layer, table in inputs.dissected.items() if layer in summaries}
     for layer, table in dissected.items():
         if len(table["unit"]) != summaries[layer].shape[1]:
@@ -211,16 +211,16 @@ def run_clip_dissect(inputs: ClipDissectInputs, config: Any, runtime: Any,
 
 
 def write_clip_dissect(result: ClipDissectResult, paths: Mapping[str, Path]) -> None:
-    """paths: layers (a folder: <layer>.csv each; tables of layers no longer described are removed),
-    descriptions, metrics, figure."""
-    folder = Path(paths["layers"])
+    """paths: clip_layers (a folder: <layer>.csv each; tables of layers no longer described are
+    removed), clip_descriptions, clip_metrics, clip_figure."""
+    folder = Path(paths["clip_layers"])
     layer_paths = [folder / f"{layer}.csv" for layer in result.tables]
-    remove_stale_temps(*layer_paths, paths["descriptions"], paths["metrics"], paths["figure"])
+    remove_stale_temps(*layer_paths, paths["clip_descriptions"], paths["clip_metrics"], paths["clip_figure"])
     for rows, path in zip(result.tables.values(), layer_paths):
         write_csv(rows, path)
-    write_csv(result.descriptions(), paths["descriptions"])
-    write_json(result.metrics, paths["metrics"])
-    save_figure(result.figure, paths["figure"], FIGURE_DPI)
+    write_csv(result.descriptions(), paths["clip_descriptions"])
+    write_json(result.metrics, paths["clip_metrics"])
+    save_figure(result.figure, paths["clip_figure"], FIGURE_DPI)
     close(result.figure)
     for stale in sorted(folder.glob("*.csv")):
         if stale not in layer_paths:

@@ -110,7 +110,7 @@ def run_dissect(inputs: DissectInputs, config: Any, runtime: Any, source: str = 
     probe, layers = inputs.probe, list(config.layers)
     model = inputs.model.to(runtime.device, memory_format=torch.channels_last)
     run = dict(model=model, batch_size=config.batch_size, device=runtime.device, precision=runtime.precision,
-               input_spec=inputs.input_spec, key="dissect.layers")
+               input_spec=inputs.input_spec, key="dissect.layers", source=source)
     top, thresholds = _thresholds(run, probe["images"], layers, config.quantile, source)
 
     # pass 2: IoU counts, histograms and top-activating images

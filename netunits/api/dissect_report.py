@@ -54,9 +54,10 @@ def tallies_from_dict(tallies: Mapping[str, Any]) -> DissectResult:
                          {name: LayerTallies(**t) for name, t in tallies["per_layer"].items()})
 
 
-def load_dissect_report_inputs(paths: Mapping[str, Path]) -> DissectReportInputs:
+def load_dissect_report_inputs(paths: Mapping[str, Path], source: str = "params.yaml") -> DissectReportInputs:
     """The tallies, ROF's unit table and the probe images; the ROF block from the checkpoint's
-    architecture, checked against both."""
+    architecture (the block whose channels the final layer's pooled inputs average), checked
+    against both. source: the params file that messages name."""
     raw = load_checked(paths["tallies"], {"per_layer": lambda v: isinstance(v, dict),
                                           "concepts": lambda v: isinstance(v, list)}, "dissection tallies")
     try:
@@ -67,13 +68,13 @@ def load_dissect_report_inputs(paths: Mapping[str, Path]) -> DissectReportInputs
     arch = load_checkpoint_file(paths["model"])["arch"]
     rof_layer = get_architecture(arch).last_block
     if rof_layer not in tallies.per_layer:
-        raise PipelineError(f"{paths['tallies']}: dissects {', '.join(tallies.per_layer)}, but not {rof_layer}, the "
-                            f"block whose channels are ROF's units in a {arch}; add it to 'dissect.layers'")
+        raise PipelineError(f"{source}: 'dissect.layers' is {list(tallies.per_layer)!r}; it must include "
+                            f"{rof_layer}, the block of {arch} whose channels are ROF's units")
     roles = read_csv(paths["rof_roles"], numeric=False)
     n_units = len(tallies.per_layer[rof_layer].thresholds)
     if len(roles["unit"]) != n_units:
-        raise PipelineError(f"{paths['rof_roles']}: {len(roles['unit'])} units, but the model's {rof_layer} has "
-                            f"{n_units}; rerun `dvc repro rof_sweep`")
+        raise PipelineError(f"{paths['rof_roles']}: {len(roles['unit'])} units, but {rof_layer} has {n_units}; "
+                            f"rerun `dvc repro rof_sweep`")
     return DissectReportInputs(tallies, roles, load_probe(paths["probe"])["images"], rof_layer)
 
 
@@ -115,14 +116,15 @@ def run_dissect_report(inputs: DissectReportInputs, config: Any) -> DissectRepor
 
 
 def write_dissect_report(result: DissectReportResult, paths: Mapping[str, Path]) -> None:
-    """paths: layers (a folder: <layer>.csv each), unit_roles, metrics, concepts_figure, strips_figure."""
-    layer_paths = [Path(paths["layers"]) / f"{layer}.csv" for layer in result.tables]
-    figures = (result.concepts_figure, paths["concepts_figure"]), (result.strips_figure, paths["strips_figure"])
-    remove_stale_temps(*layer_paths, paths["unit_roles"], paths["metrics"], *(path for _, path in figures))
+    """paths: dissect_layers (a folder: <layer>.csv each), dissect_roles, dissect_metrics and the two figures."""
+    layer_paths = [Path(paths["dissect_layers"]) / f"{layer}.csv" for layer in result.tables]
+    figures = ((result.concepts_figure, paths["dissect_concepts_figure"]),
+               (result.strips_figure, paths["dissect_strips_figure"]))
+    remove_stale_temps(*layer_paths, paths["dissect_roles"], paths["dissect_metrics"], *(path for _, path in figures))
     for rows, path in zip(result.tables.values(), layer_paths):
         write_csv(rows, path)
-    write_csv(result.unit_roles, paths["unit_roles"])
-    write_json(result.metrics, paths["metrics"])
+    write_csv(result.unit_roles, paths["dissect_roles"])
+    write_json(result.metrics, paths["dissect_metrics"])
     for figure, path in figures:
         save_figure(figure, path, FIGURE_DPI)
         close(figure)
