@@ -93,7 +93,8 @@ def check_activation(open_clip, name, model_cfg, model, weights, model_key="clip
     either without complaint. A JSON config that sets quick_gelu (true or false) is taken as meant.
     OpenAI's own release files (TorchScript archives) are refused whatever the model."""
     explicit = model_cfg is not None and "quick_gelu" in model_cfg
-    runs_quick = bool((model_cfg if model_cfg is not None else open_clip.get_model_config(name) or {}).get("quick_gelu"))
+    built = model_cfg if model_cfg is not None else open_clip.get_model_config(name) or {}
+    runs_quick = bool(built.get("quick_gelu"))
     if runs_quick or explicit:
         advice = ""
     elif model_cfg is not None:

@@ -3,6 +3,7 @@ to end on a small randomly initialised model, and bad input as one line that wri
 import importlib.util
 import json
 import sys
+import warnings
 
 import pytest
 import torch
@@ -155,7 +156,9 @@ def test_open_clip_source_end_to_end_on_a_random_model(project, tiny_clip):
 def test_open_clip_bad_model_or_weights_is_one_line(project, tiny_clip, capsys):
     config, weights = tiny_clip
     (project / "words.txt").write_text("dog\n")
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), project / "release.pt")    # OpenAI's file format
+    with warnings.catch_warnings():                     # torch.jit is deprecated; OpenAI's files are still in it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), project / "release.pt")
     _remove_outputs(project)
     for change, message in [
             ({"model": "ViT-Tiny-None", "weights": str(weights)},
