@@ -4,8 +4,9 @@ Modules, in the order their imports point (each imports only modules above it):
 
     errors              the one exception a user sees, as one line
     files               atomic writes, checked loading, CSV and JSON tables, file digests
-    params              the params schema (one section per stage) and its validation
+    params              the params: one pydantic model per section, `compute` shared, loading a file
     runtime             a stage's command line, device, precision, threads, seeding, memory guards
+    stage_table         every stage's params and files, each path written once (stage_paths)
     torchvision_compat  torchvision beside a CPU-only torch (the one shim)
     data/               data sets (registry, MNIST, CIFAR-10, safe unpickling), subsets and label
                         noise, the prepared format, probe sets (the format, Broden-format folders)
@@ -18,6 +19,9 @@ Modules, in the order their imports point (each imports only modules above it):
                         dissection
     study               statistics over many runs (correlations, summary tables)
     plots               the figures
+    api/                one call per stage: load_<stage>_inputs, run_<stage>, write_<stage>
+    dvc_files           the three dvc.yaml files written from the stage table
 
-The package files (__init__.py) import nothing, so editing one reruns no stage.
+The package files (__init__.py) import no project module (netunits/api finds a stage's module
+when its run_<stage> is asked for), so importing one module loads no other.
 """

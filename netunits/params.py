@@ -101,6 +101,11 @@ def _key_error(key: str, value: Any, allowed: str) -> PydanticCustomError:
     return PydanticCustomError("param_key", "it must be {allowed}", {"key": key, "value": value, "allowed": allowed})
 
 
+def _line_error(line: str) -> PydanticCustomError:
+    """A cross-check's failure that names several keys: the whole line after the file name."""
+    return PydanticCustomError("param_line", "{line}", {"line": line})
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -140,6 +145,13 @@ class TrainParams(Section):
     lr_schedule: choice("constant", "cosine")
     seed: Seed
     eval_batch_size: BatchSize
+
+    @model_validator(mode="after")
+    def _weights_without_training(self):
+        if self.epochs == 0 and self.weights is None:
+            raise _line_error("'train.epochs' is 0 but 'train.weights' is null; with no training the model must "
+                              "come from a weights file")
+        return self
 
 
 class ExtractFeaturesParams(Section):
@@ -290,6 +302,8 @@ def _message(error: dict, raw: dict, source: str) -> str:
     if kind == "extra_forbidden" and len(loc) == 1:
         return f"{source}: unknown section '{section}'; allowed: {', '.join(SECTIONS)}"
     keys = ", ".join(section_keys(section))
+    if len(loc) == 1 and kind == "param_line":
+        return f"{source}: {error['ctx']['line']}"
     if len(loc) == 1 and kind == "param_key":
         key, value = error["ctx"]["key"], error["ctx"]["value"]
         return f"{source}: '{section}.{key}' is {value!r}; it must be {error['ctx']['allowed']}"

@@ -179,16 +179,19 @@ def available_memory_bytes():
     return None
 
 
-def check_fits(n_bytes, folder, what):
-    """Refuse up front a cache that would not fit in the available memory or disk."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    free_disk = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+def check_fits(n_bytes: int, folder: Path | str | None, what: str) -> None:
+    """Refuse up front a cache that would not fit in the available memory or, when `folder` (where
+    it will be written) is given, on its disk."""
     memory = available_memory_bytes()
     gib = 1024**3
     if memory is not None and n_bytes > 0.8 * memory:
         raise PipelineError(f"{what} would need about {n_bytes / gib:.2f} GiB of memory but only "
                             f"{memory / gib:.2f} GiB is available; lower the sizes in params.yaml")
+    if folder is None:
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    free_disk = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
     if n_bytes > free_disk:
         raise PipelineError(f"{what} would need about {n_bytes / gib:.2f} GiB on disk but {folder} "
                             f"has {free_disk / gib:.2f} GiB free; lower the sizes in params.yaml")

@@ -90,6 +90,9 @@ FILES: dict[str, Out] = {
     "study_metrics": metric("artifacts/metrics/study.json"),
 }
 
+# Where data.source torchvision downloads to (relative to the working directory; not a DVC output).
+RAW_DIR = Path("data/raw")
+
 # A study cell's folder (the run dir of its stages), as the aggregate and study/dvc.yaml spell it.
 STUDY_CELL = "artifacts/study/runs/noise{noise}_seed{seed}"
 
@@ -154,6 +157,16 @@ def stage_paths(stage: str, run_dir: Path | str = ".") -> dict[str, Path]:
     return {name: Path(run_dir) / FILES[name].path for name in entry.deps + entry.outs}
 
 
+def stage_outs(stage: str, run_dir: Path | str = ".") -> list[Path]:
+    """A stage's outputs under run_dir (for remove_stale_temps before it writes)."""
+    return [Path(run_dir) / FILES[name].path for name in STAGES[stage].outs]
+
+
 def study_cell(run_dir: Path | str, noise: float, seed: int) -> Path:
     """The folder of the study's cell for this label noise and seed."""
     return Path(run_dir) / STUDY_CELL.format(noise=noise, seed=seed)
+
+
+if __name__ == "__main__":
+    from netunits.dvc_files import main
+    raise SystemExit(main())
