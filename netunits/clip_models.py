@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -56,6 +57,63 @@ def _config_file(path, key, source):
     return model_cfg, config.get("preprocess_cfg") or None
 
 
+def _is_torchscript(path):
+    """A TorchScript archive (a zip holding code/ and constants.pkl): OpenAI's CLIP release format."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def quick_gelu_evidence(weights):
+    """Why a weights file holds OpenAI's CLIP weights, trained with QuickGELU, or None where nothing
+    says so: a Hugging Face hub open_clip_config.json beside it whose model_cfg sets quick_gelu, or
+    a folder named as the hub's repositories of OpenAI's weights (timm/<model>.openai, cached as
+    models--timm--<model>.openai). A state dict does not say which activation trained it:
+    open_clip's plain names (ViT-B-16) run GELU, OpenAI's weights need the -quickgelu names."""
+    weights = Path(weights).absolute()          # not resolved: the hub cache's files are links into blobs/
+    hub_config = weights.parent / "open_clip_config.json"
+    try:
+        config = json.loads(hub_config.read_text())
+        if isinstance(config, dict) and isinstance(config.get("model_cfg"), dict) and \
+                config["model_cfg"].get("quick_gelu") is True:
+            return f"{hub_config} sets quick_gelu"
+    except (OSError, json.JSONDecodeError):
+        pass
+    named = [part for part in weights.parts if part.lower().endswith(".openai")]
+    return f"its path names OpenAI ({named[-1]})" if named else None
+
+
+def check_activation(open_clip, name, model_cfg, model, weights, model_key="clip_dissect.model",
+                     source="params.yaml"):
+    """Refuse, in one line, OpenAI's CLIP weights on a model that runs GELU: open_clip's ViT-B-16 and
+    the other plain names use GELU where OpenAI trained with QuickGELU, and the weights load into
+    either without complaint. A JSON config that sets quick_gelu (true or false) is taken as meant.
+    OpenAI's own release files (TorchScript archives) are refused whatever the model."""
+    explicit = model_cfg is not None and "quick_gelu" in model_cfg
+    built = model_cfg if model_cfg is not None else open_clip.get_model_config(name) or {}
+    runs_quick = bool(built.get("quick_gelu"))
+    if runs_quick or explicit:
+        advice = ""
+    elif model_cfg is not None:
+        advice = f'add "quick_gelu": true to {model}'
+    elif f"{name}-quickgelu" in open_clip.list_models():
+        advice = f"use {name + '-quickgelu'!r}"
+    else:
+        advice = 'use a JSON model config with "quick_gelu": true'
+    if _is_torchscript(weights):
+        raise PipelineError(f"{weights}: a TorchScript archive, OpenAI's CLIP release format, which is not loaded "
+                            f"here (it holds code); give the same weights as an open_clip state dict (the Hugging "
+                            f"Face hub's timm/<model>.openai repositories hold them)"
+                            + (f", and {advice} (OpenAI's CLIP runs QuickGELU)" if advice else ""))
+    evidence = None if runs_quick or explicit else quick_gelu_evidence(weights)
+    if evidence:
+        raise PipelineError(f"{source}: '{model_key}' is {model!r}, which runs GELU, but {weights} holds OpenAI's "
+                            f"CLIP weights ({evidence}), trained with QuickGELU; {advice}")
+
+
 def load_model(model, weights, device, model_key="clip_dissect.model", weights_key="clip_dissect.weights",
                source_key="clip_dissect.source", source="params.yaml"):
     """(open_clip model in eval mode on `device`, image preprocessing, tokenizer).
@@ -88,6 +146,7 @@ def load_model(model, weights, device, model_key="clip_dissect.model", weights_k
                                 f"does not know; use one of its {len(known)} architectures (e.g. "
                                 f"{', '.join(k for k in ('ViT-B-16', 'ViT-B-32', 'ViT-L-14', 'RN50') if k in known)}; "
                                 f"open_clip.list_models() lists them) or a JSON model config file")
+    check_activation(open_clip, name, config[0] if config is not None else None, model, weights, model_key, source)
     # a hub config's preprocess_cfg, as create_model_and_transforms takes it
     preprocessing = {f"image_{key}": value for key, value in (preprocess_cfg or {}).items()
                      if key in ("mean", "std", "interpolation", "resize_mode")}

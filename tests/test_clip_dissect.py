@@ -135,3 +135,25 @@ def test_agreement_and_its_chance_level():
 def test_top_k_beyond_the_probe_set_is_refused():
     with pytest.raises(ValueError, match="top_k is 4; it must be from 1 to the 3 probe images"):
         cd.similarity("soft_wpmi", S, ACTIVATIONS, top_k=4)
+
+
+def test_annotation_matrix_picks_and_orders_the_named_concepts():
+    # pixel concepts p (category 0), q (category 1); image concept i (category 1); four images
+    coverage = torch.tensor([[0.1, 0.02], [0.2, 0.04], [0.4, 0.0], [0.0, 0.5]])
+    category_annotated = torch.tensor([[True, True], [True, True], [True, False], [True, True]])
+    labels = torch.tensor([[True], [False], [True], [True]])
+    matrix = cd.annotation_matrix(coverage, labels, category_annotated, [0, 1, 1], ["p", "q", "i"], ["i", "p"], 0.5)
+    # p's reference: the median of its coverage over the four images, 0.15; i is unknown on image 2
+    assert matrix.tolist() == [pytest.approx(row) for row in [[1.0, 0.1 / 0.15], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0]]]
+
+
+def test_agreement_metrics_by_hand():
+    descriptions, labels = ["a", "a", "b", "c"], ["a", "b", "b", "a"]
+    metrics = cd.agreement_metrics(descriptions, labels, [True, True, False, False])
+    assert metrics == {"agreement_with_dissection": 0.5, "chance_agreement": pytest.approx(6 / 16),
+                       "dissection_detectors": 2, "agreement_on_detectors": 0.5}
+    assert cd.agreement_metrics(descriptions, labels, [False] * 4)["agreement_on_detectors"] is None
+    # two layers, 3 of 6 units agree; chance 6/16 on the first (4 units), 1/2 on the second (2 units)
+    overall = cd.overall_agreement({"x": descriptions, "y": ["a", "b"]}, {"x": labels, "y": ["a", "a"]})
+    assert overall == {"agreement_with_dissection": 0.5,
+                       "chance_agreement": pytest.approx((6 / 16 * 4 + 0.5 * 2) / 6)}

@@ -3,12 +3,14 @@ to end on a small randomly initialised model, and bad input as one line that wri
 import importlib.util
 import json
 import sys
+import warnings
 
 import pytest
 import torch
 
 from conftest import run_main, tiny_params, write_params
 from netunits.data.probe import load_probe
+from netunits.errors import PipelineError
 from netunits.files import read_csv
 from stages import clip_dissect
 
@@ -64,6 +66,29 @@ def test_same_params_same_outputs_and_a_concept_subset(project):
     assert metrics["concepts"] == 3 and list(metrics["layers"]) == ["layer4"]
     assert not (project / "artifacts/clip_dissect/layers/layer2.csv").exists()   # no table of an old layer
 
+
+
+def test_the_library_call_gives_what_the_stage_wrote(project):
+    """run_clip_dissect from tensors and a config, as a notebook calls it: the stage's tables and metrics."""
+    from netunits.api.clip_dissect import ClipDissectInputs, run_clip_dissect
+    from netunits.models.registry import load_checkpoint
+    from netunits.params import load_params
+    from netunits.plots import close
+    from netunits.runtime import resolve_compute
+    params = load_params(project / "params.yaml")
+    model, checkpoint = load_checkpoint(project / "artifacts/train/model.pt")
+    probe = load_probe(project / "data/probe/probe.pt")
+    dissected = {layer: read_csv(project / f"artifacts/dissect/layers/{layer}.csv", numeric=False) for layer in UNITS}
+    inputs = ClipDissectInputs(model, checkpoint["input"], probe, [c["name"] for c in probe["concepts"]], None,
+                               dissected)
+    result = run_clip_dissect(inputs, params.clip_dissect, resolve_compute(params.compute, analysis=True))
+    close(result.figure)
+    assert result.metrics == json.loads((project / "artifacts/metrics/clip_dissect.json").read_text())
+    for layer in UNITS:
+        table = read_csv(project / f"artifacts/clip_dissect/layers/{layer}.csv", numeric=False)
+        assert [r["description"] for r in result.tables[layer]] == table["description"]
+    assert len(result.descriptions()) == 896 and list(result.descriptions()[0]) == ["layer", "unit", "description",
+                                                                                    "similarity"]
 
 def _remove_outputs(project):
     for path in OUTPUTS:
@@ -131,12 +156,17 @@ def test_open_clip_source_end_to_end_on_a_random_model(project, tiny_clip):
 def test_open_clip_bad_model_or_weights_is_one_line(project, tiny_clip, capsys):
     config, weights = tiny_clip
     (project / "words.txt").write_text("dog\n")
+    with warnings.catch_warnings():                     # torch.jit is deprecated; OpenAI's files are still in it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), project / "release.pt")
     _remove_outputs(project)
     for change, message in [
             ({"model": "ViT-Tiny-None", "weights": str(weights)},
              "'clip_dissect.model' is 'ViT-Tiny-None', which open_clip"),
             ({"model": "RN50", "weights": str(weights)}, "could not build open_clip model 'RN50' from it offline"),
-            ({"model": str(config), "weights": "words.txt"}, "words.txt: could not build open_clip model 'tiny-clip'")]:
+            ({"model": str(config), "weights": "words.txt"}, "words.txt: could not build open_clip model 'tiny-clip'"),
+            ({"model": str(config), "weights": "release.pt"},
+             "release.pt: a TorchScript archive, OpenAI's CLIP release format, which is not loaded here")]:
         write_params(project, tiny_params(clip_dissect={"source": "clip", "concepts": "words.txt", **change}))
         assert run_main(clip_dissect.main) == 2
         err = capsys.readouterr().err
@@ -154,3 +184,42 @@ def test_the_clip_source_without_open_clip_says_how_to_install_it(project, capsy
     assert err.startswith("error: params.yaml: 'clip_dissect.source' is 'clip', which needs the optional open_clip "
                           "extra") and "`make clip`" in err and err.count("\n") == 1, err
     assert not [path for path in OUTPUTS if (project / path).exists()]
+
+
+def _activation(clip):
+    return type(clip.visual.transformer.resblocks[0].mlp.gelu).__name__
+
+
+@needs_open_clip
+def test_openai_weights_run_quick_gelu_or_are_refused(tmp_path, tiny_clip):
+    """open_clip's plain names run GELU, OpenAI's CLIP weights were trained with QuickGELU, and a state
+    dict loads into either: weights that say they are OpenAI's need a model that runs QuickGELU."""
+    from netunits.clip_models import import_open_clip, load_model
+    open_clip, cpu = import_open_clip("clip_dissect.source"), torch.device("cpu")
+    config, weights = tiny_clip
+    assert _activation(load_model(str(config), weights, cpu)[0]) == "GELU"      # nothing says OpenAI: as configured
+    # a hub folder whose open_clip_config.json sets quick_gelu: its own config runs QuickGELU, another is refused
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "open_clip_pytorch_model.bin").write_bytes(weights.read_bytes())
+    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": {**TINY_CLIP, "quick_gelu": True}}))
+    assert _activation(load_model(str(hub / "open_clip_config.json"), hub / "open_clip_pytorch_model.bin",
+                                  cpu)[0]) == "QuickGELU"
+    with pytest.raises(PipelineError, match=f"'clip_dissect.model' is '{config}', which runs GELU, but .*sets "
+                                            f"quick_gelu\\), trained with QuickGELU; add \"quick_gelu\": true to"):
+        load_model(str(config), hub / "open_clip_pytorch_model.bin", cpu)
+    # by name, in a folder named as the hub's OpenAI repositories: the -quickgelu name is the answer
+    quick = tmp_path / "tiny-clip-quickgelu.json"
+    quick.write_text(json.dumps({**TINY_CLIP, "quick_gelu": True}))
+    open_clip.add_model_config(quick)
+    named = tmp_path / "models--timm--tiny_clip.openai" / "open_clip_pytorch_model.bin"
+    named.parent.mkdir()
+    named.write_bytes(weights.read_bytes())
+    with pytest.raises(PipelineError, match="is 'tiny-clip', which runs GELU, .*its path names OpenAI "
+                                            "\\(models--timm--tiny_clip.openai\\).*; use 'tiny-clip-quickgelu'$"):
+        load_model("tiny-clip", named, cpu)
+    assert _activation(load_model("tiny-clip-quickgelu", named, cpu)[0]) == "QuickGELU"
+    # a config that states its activation is taken as meant
+    stated = tmp_path / "stated.json"
+    stated.write_text(json.dumps({**TINY_CLIP, "quick_gelu": False}))
+    assert _activation(load_model(str(stated), named, cpu)[0]) == "GELU"

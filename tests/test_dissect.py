@@ -73,3 +73,33 @@ def test_bad_layer_and_rof_layer_are_one_line(dissected, capsys):
     assert run_main(probe_concepts.main) == 2
     assert "'probe.size' is 9900; after the 200 ROF test digits the test split has 9800 left" in \
         capsys.readouterr().err
+
+
+def test_the_library_calls_give_what_the_stages_wrote(dissected):
+    """run_dissect and run_dissect_report from tensors and a config, as a notebook calls them: the
+    same tallies and tables as the stages' files."""
+    from netunits.api.dissect import DissectInputs, run_dissect
+    from netunits.api.dissect_report import DissectReportInputs, run_dissect_report
+    from netunits.models.registry import load_checkpoint
+    from netunits.params import load_params
+    from netunits.plots import close
+    from netunits.runtime import resolve_compute
+    params = load_params(dissected / "params.yaml")
+    model, checkpoint = load_checkpoint(dissected / "artifacts/train/model.pt")
+    probe = load_probe(dissected / "data/probe/probe.pt")
+    result = run_dissect(DissectInputs(model, probe, checkpoint["input"], checkpoint["sha256"]), params.dissect,
+                         resolve_compute(params.compute, analysis=True))
+    written = torch.load(dissected / "artifacts/dissect/tallies.pt", weights_only=True)
+    assert result.layers == written["layers"] == ["layer2", "layer3", "layer4"]
+    for layer, tallies in result.per_layer.items():
+        assert all(torch.equal(value, written["per_layer"][layer][key]) for key, value in vars(tallies).items())
+    roles = read_csv(dissected / "artifacts/rof/unit_roles.csv", numeric=False)
+    report = run_dissect_report(DissectReportInputs(result, roles, probe["images"], "layer4"), params.dissect)
+    for layer, rows in report.tables.items():
+        table = read_csv(dissected / f"artifacts/dissect/layers/{layer}.csv", numeric=False)
+        assert [r["concept"] for r in rows] == table["concept"]
+        assert [f"{r['iou']:.6g}" for r in rows] == table["iou"]
+    assert report.metrics == json.loads((dissected / "artifacts/metrics/dissect.json").read_text())
+    assert report.summary().startswith("layer2: ") and len(report.summary().splitlines()) == 3
+    close(report.concepts_figure)
+    close(report.strips_figure)

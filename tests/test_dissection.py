@@ -126,3 +126,40 @@ def test_a_unit_silent_on_most_positions_gets_no_whole_image_mask():
     maps[0, 0, 1, 1] = 2.0
     masks = dissection.unit_masks(maps, torch.tensor([0.0]), 4)
     assert int(masks.sum()) == 1
+
+
+def test_top_images_merged_over_batches_by_hand():
+    # 2 units, 5 images of 1 x 2 maps; peaks: unit 0 [1, 5, 3, 5, 2], unit 1 [4, 0, 4, 1, 9]
+    peaks = torch.tensor([[1.0, 5.0, 3.0, 5.0, 2.0], [4.0, 0.0, 4.0, 1.0, 9.0]])
+    maps = torch.stack([peaks.T, peaks.T - 1], dim=2)[:, :, None]                    # 5 x 2 x 1 x 2
+    kept = None
+    for first, last in ((0, 2), (2, 3), (3, 5)):
+        kept = dissection.merge_top_images(kept, maps[first:last], first, 3)
+    values, indices, unit_maps = kept
+    # ties go to the earlier image: unit 0's two 5s keep images 1 then 3, unit 1's two 4s images 0 then 2
+    assert indices.tolist() == [[1, 3, 2], [4, 0, 2]]
+    assert values.tolist() == [[5.0, 5.0, 3.0], [9.0, 4.0, 4.0]]
+    assert torch.equal(unit_maps, maps.transpose(0, 1)[torch.arange(2)[:, None], indices])
+    whole = dissection.merge_top_images(None, maps, 0, 3)
+    assert all(torch.equal(a, b) for a, b in zip(kept, whole))                 # batching changes nothing
+    few = dissection.merge_top_images(None, maps[:2], 0, 3)                    # k above the images seen
+    assert few[1].tolist() == [[1, 0], [0, 1]]
+
+
+def test_unit_rows_and_summaries_by_hand():
+    iou = torch.tensor([[0.1, 0.5, 0.2], [0.3, 0.3, 0.0], [0.0, 0.02, 0.01]])
+    rows = dissection.unit_rows(iou, torch.tensor([1.0, 2.0, 3.0]), ["a", "b", "c"], ["x", "x", "y"], 0.25)
+    assert [(r["concept"], r["category"], r["concept_2"], r["concept_3"], r["detector"]) for r in rows] == \
+        [("b", "x", "c", "a", 1), ("a", "x", "b", "c", 1), ("b", "x", "c", "a", 0)]   # ties to the lower index
+    assert rows[0]["iou"] == pytest.approx(0.5) and rows[0]["iou_2"] == pytest.approx(0.2)
+    assert rows[2]["threshold"] == 3.0 and list(rows[0]) == ["unit", "concept", "category", "iou", "threshold",
+                                                             "detector", "concept_2", "iou_2", "concept_3", "iou_3"]
+    assert dissection.detectors_per_concept(rows) == {"b": 1, "a": 1}
+    summary = dissection.detector_summary(rows)
+    assert summary == {"units": 3, "detectors": 2, "unique_concepts": 2,
+                       "mean_best_iou": pytest.approx((0.5 + 0.3 + 0.02) / 3)}
+    joined = [{**r, "category_acc": role} for r, role in zip(rows, ["both", "both", "none"])]
+    roles = dissection.role_summary(joined, ("both", "none", "acc"))
+    assert roles["both"] == {"units": 2, "detector_share": 1.0, "mean_best_iou": pytest.approx(0.4)}
+    assert roles["none"]["detector_share"] == 0.0 and roles["acc"] == {"units": 0, "detector_share": None,
+                                                                       "mean_best_iou": None}

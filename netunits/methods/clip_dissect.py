@@ -105,6 +105,22 @@ def annotation_scores(coverage, reference, image_labels, annotated):
     return scores * annotated.float()
 
 
+def annotation_matrix(coverage, image_labels, category_annotated, concept_category, concept_names, names,
+                      quantile):
+    """The annotations source's score matrix, probe images x `names` (annotation_scores, with each
+    pixel-level concept's reference the `quantile` of its coverage where its category is annotated).
+
+    coverage: N x pixel concepts (pixel_coverage of the probe's masks); image_labels: bool N x image
+    concepts; category_annotated: bool N x categories; concept_category: each concept's category
+    index and concept_names its name (pixel-level first, then image-level); names: the concepts to
+    score, each one of concept_names."""
+    annotated = category_annotated[:, concept_category]                        # N x concepts
+    reference = coverage_reference(coverage, annotated[:, :coverage.shape[1]], quantile)
+    scores = annotation_scores(coverage, reference, image_labels, annotated)
+    index = {name: i for i, name in enumerate(concept_names)}
+    return scores[:, [index[name] for name in names]]
+
+
 # --------------------------------------------------------------------------------------------
 # the similarity functions
 # --------------------------------------------------------------------------------------------
@@ -215,3 +231,23 @@ def chance_agreement(descriptions, labels):
     for description in descriptions:
         description_counts[description] = description_counts.get(description, 0) + 1
     return sum(count * label_counts.get(c, 0) for c, count in description_counts.items()) / (n * n)
+
+
+def agreement_metrics(descriptions, labels, detector):
+    """How one layer's descriptions meet its other labels (network dissection's concepts):
+    agreement_with_dissection, chance_agreement, dissection_detectors (units whose `detector` flag
+    is set) and agreement_on_detectors (None when there are none)."""
+    on_detectors = [(d, l) for d, l, is_detector in zip(descriptions, labels, detector, strict=True) if is_detector]
+    return {"agreement_with_dissection": agreement(descriptions, labels),
+            "chance_agreement": chance_agreement(descriptions, labels),
+            "dissection_detectors": len(on_detectors),
+            "agreement_on_detectors": agreement(*zip(*on_detectors)) if on_detectors else None}
+
+
+def overall_agreement(descriptions, labels):
+    """agreement_with_dissection and chance_agreement over several layers: descriptions and labels
+    map layer -> that layer's list; the chance level is the layers' own, weighted by their units."""
+    compared = [(d, l) for layer in labels for d, l in zip(descriptions[layer], labels[layer], strict=True)]
+    return {"agreement_with_dissection": agreement(*zip(*compared)),
+            "chance_agreement": sum(chance_agreement(descriptions[layer], labels[layer]) * len(descriptions[layer])
+                                    for layer in labels) / len(compared)}

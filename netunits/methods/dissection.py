@@ -112,3 +112,69 @@ def dissect_batch_chunks(n_images, n_units, positions, budget=1 << 24):
     """Image chunks whose unit masks stay under `budget` elements (64 MiB in float32)."""
     step = max(1, budget // max(1, n_units * positions))
     return [(start, min(n_images, start + step)) for start in range(0, n_images, step)]
+
+
+def merge_top_images(kept, maps, first, k):
+    """Each unit's k top images by their largest activation, after one more batch.
+
+    kept: (values units x m, image indices units x m, maps units x m x h x w) from earlier
+    batches, or None before the first; maps: this batch's fp32 maps B x units x h x w, the probe
+    images first .. first + B - 1. Returns the merged triple, each unit's images by descending
+    peak; among equal peaks the earlier image stays, whatever the batch size (a stable sort).
+    """
+    peak = maps.flatten(2).amax(dim=2).T                                       # units x B
+    indices = torch.arange(first, first + maps.shape[0]).expand(len(peak), -1)
+    unit_maps = maps.transpose(0, 1)
+    if kept is not None:
+        peak = torch.cat([kept[0], peak], dim=1)
+        indices = torch.cat([kept[1], indices], dim=1)
+        unit_maps = torch.cat([kept[2], unit_maps], dim=1)
+    order = torch.sort(-peak, dim=1, stable=True).indices[:, :k]
+    return peak.gather(1, order), indices.gather(1, order), unit_maps[torch.arange(len(order))[:, None], order]
+
+
+# --------------------------------------------------------------------------------------------
+# the tables dissect_report writes
+# --------------------------------------------------------------------------------------------
+def unit_rows(iou, thresholds, names, categories, iou_threshold, n_best=3):
+    """One row per unit: its best concept, category and IoU, threshold, whether it is a detector
+    (best IoU at or above iou_threshold), and the runners-up concept_2, iou_2, ... concept_n, iou_n.
+
+    iou: units x concepts; thresholds: units; names, categories: per concept."""
+    values, indices = best_concepts(iou, n_best)
+    rows = []
+    for unit in range(len(iou)):
+        row = {"unit": unit, "concept": names[indices[unit, 0]], "category": categories[indices[unit, 0]],
+               "iou": float(values[unit, 0]), "threshold": float(thresholds[unit]),
+               "detector": int(values[unit, 0] >= iou_threshold)}
+        for rank in range(1, n_best):
+            row[f"concept_{rank + 1}"] = names[indices[unit, rank]]
+            row[f"iou_{rank + 1}"] = float(values[unit, rank])
+        rows.append(row)
+    return rows
+
+
+def detectors_per_concept(rows):
+    """{concept: detectors} of unit_rows' detectors, concepts in order of first appearance."""
+    detected = [r["concept"] for r in rows if r["detector"]]
+    return {c: detected.count(c) for c in dict.fromkeys(detected)}
+
+
+def detector_summary(rows):
+    """units, detectors, unique concepts among the detectors and mean best IoU of unit_rows' rows."""
+    detected = [r["concept"] for r in rows if r["detector"]]
+    return {"units": len(rows), "detectors": len(detected), "unique_concepts": len(set(detected)),
+            "mean_best_iou": sum(r["iou"] for r in rows) / len(rows)}
+
+
+def role_summary(rows, roles):
+    """Per role, the units of rows (unit_rows joined with ROF's 'category_acc') in it, the share of
+    them that are detectors and their mean best IoU (None for a role with no units)."""
+    summary = {}
+    for role in roles:
+        members = [r for r in rows if r["category_acc"] == role]
+        summary[role] = {
+            "units": len(members),
+            "detector_share": sum(r["detector"] for r in members) / len(members) if members else None,
+            "mean_best_iou": sum(r["iou"] for r in members) / len(members) if members else None}
+    return summary
