@@ -15,7 +15,10 @@ import torch
 from netunits.data.probe import load_probe, pack_masks
 from netunits.errors import PipelineError
 from netunits.files import file_sha256, load_checked, remove_stale_temps, save_torch, write_csv, write_json
-from netunits.methods.compose import Primitives, concept_masks, formula_mask_on, search_units, to_string, unit_positions
+from netunits.api.compose import unit_positions
+from netunits.methods.compose_search import Primitives, search_units
+from netunits.methods.formula import to_string
+from netunits.methods.formula_masks import concept_masks, formula_mask_on
 from netunits.models.registry import load_checkpoint
 from netunits.plots import close, formula_length_figure, save_figure
 from netunits.runtime import (choose_device, choose_precision, progress, run_stage, set_threads, stage_args,
