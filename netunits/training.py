@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from netunits.accel.hooks import TrainingHooks
+from netunits.accel.training_hooks import TrainingHooks
 from netunits.activations import pooled_features
 from netunits.errors import PipelineError
 from netunits.models.inputs import images_to_input

@@ -3,34 +3,24 @@ over the probe set's concepts whose mask best matches the unit's, by beam search
 length and the best single concept beside it.
 
 A unit's mask is network dissection's: its activation map above the threshold dissect found
-(the dissect.quantile of its activations). Reads params `compose` and dissect's batch_size,
-device, precision and threads (the activations are dissect's, recomputed), artifacts/train/model.pt,
-data/probe/probe.pt and artifacts/dissect/tallies.pt; writes artifacts/compose/formulas.csv,
-artifacts/compose/top_masks.pt (each formula's mask on its unit's top images, for the report),
-artifacts/metrics/compose.json and artifacts/plots/compose_lengths.png.
+(the dissect.quantile of its activations), recomputed here at compose.batch_size on the
+`compute` device (fp32 under precision auto). Reads params `compose` and `compute`, the
+checkpoint, the probe set and dissect's tallies; writes the formulas table, each formula's mask
+on its unit's top images (for the report), the metrics and the formula-length figure (paths:
+netunits.stage_table). The work is netunits.api.compose.run_compose.
 """
-from types import SimpleNamespace
-
 from netunits.api.compose import load_compose_inputs, run_compose, write_compose
-from netunits.runtime import choose_device, choose_precision, run_stage, set_threads, stage_args, stage_params
+from netunits.runtime import resolve_compute, run_stage, stage_args, stage_config
+from netunits.stage_table import stage_paths
 
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params, dissect = stage_params("compose", args), stage_params("dissect", args)
-    config = SimpleNamespace(**params, batch_size=dissect["batch_size"])
-    device = choose_device(dissect["device"], "dissect.device")
-    runtime = SimpleNamespace(device=device, precision=choose_precision(dissect["precision"], device,
-                                                                       "dissect.precision"))
-    set_threads(dissect["threads"])
-    run_dir = args.run_dir
-    paths = {"model": run_dir / "artifacts/train/model.pt", "probe": run_dir / "data/probe/probe.pt",
-             "tallies": run_dir / "artifacts/dissect/tallies.pt",
-             "formulas": run_dir / "artifacts/compose/formulas.csv",
-             "top_masks": run_dir / "artifacts/compose/top_masks.pt",
-             "metrics": run_dir / "artifacts/metrics/compose.json",
-             "figure": run_dir / "artifacts/plots/compose_lengths.png"}
-    result = run_compose(load_compose_inputs(paths), config, runtime)
+    params = stage_config(args, "compose", "compute")
+    paths = stage_paths("compose", args.run_dir)
+    inputs = load_compose_inputs(paths)
+    runtime = resolve_compute(params.compute, analysis=True, source=params.source)
+    result = run_compose(inputs, params.compose, runtime, source=params.source)
     write_compose(result, paths)
     print(result.summary())
 

@@ -24,7 +24,9 @@ from netunits.files import atomic_path, file_sha256, load_checked, read_csv, wri
 from netunits.methods.dissection import unit_masks
 from netunits.methods.rof import CATEGORIES
 from netunits.report import index_page, strip_image, svg_curve, svg_histogram, unit_page
-from netunits.runtime import run_stage, stage_args, stage_params
+from netunits.models.checkpoint import load_checkpoint_file
+from netunits.models.registry import get_architecture
+from netunits.runtime import run_stage, stage_args, stage_config
 from netunits.study import spearman
 
 
@@ -92,8 +94,10 @@ def formula_masks(run, layer, tally, notes):
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params = stage_params("report", args)
-    run, layer, size = args.run_dir, params["layer"], params["thumbnail"]
+    params = stage_config(args, "report").report
+    run, size = args.run_dir, params.thumbnail
+    # the block whose channels are ROF's units (the final layer reads their pooled values)
+    layer = get_architecture(load_checkpoint_file(run / "artifacts/train/model.pt")["arch"]).last_block
     out, metrics_path = run / "artifacts/report", run / "artifacts/metrics/report.json"
     roles = read_csv(run / "artifacts/rof/unit_roles.csv", numeric=False)
     curves = {s: read_csv(run / f"artifacts/rof/curve_{s}.csv")["accuracy"] for s in ("train", "test")}

@@ -6,9 +6,10 @@ import sys
 import torch
 
 from conftest import ROOT
-from netunits.accel import hooks as accel
 from netunits.accel.gemm_conv import SmallMapConv2d
 from netunits.accel.maxpool import MaxPool2d
+from netunits.accel.model_hooks import apply
+from netunits.accel.training_hooks import TrainingHooks
 from netunits.models.registry import build_model
 
 
@@ -16,7 +17,7 @@ def test_apply_switches_plain_convolutions_and_pools_only():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.MaxPool2d(2), torch.nn.BatchNorm2d(4),
                                 torch.nn.Linear(4, 2))
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    assert accel.apply(model) is model
+    assert apply(model) is model
     assert [type(m) for m in model] == [SmallMapConv2d, MaxPool2d, torch.nn.BatchNorm2d, torch.nn.Linear]
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
@@ -51,7 +52,7 @@ def test_training_hooks_step_during_backward_at_the_rate_set_and_come_off():
     reference = torch.nn.Linear(3, 2)
     reference.load_state_dict(model.state_dict())
     joint = torch.optim.Adam(reference.parameters(), lr=0.5, fused=True)
-    hooks = accel.TrainingHooks(model, 0.5, torch.device("cpu"))
+    hooks = TrainingHooks(model, 0.5, torch.device("cpu"))
     x = torch.rand(4, 3)
     for rate in (0.1, 0.01):
         hooks.set_learning_rate(rate)

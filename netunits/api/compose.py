@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -25,8 +25,9 @@ from netunits.methods.compose_search import Primitives, search_units
 from netunits.methods.formula import Formula, to_string
 from netunits.methods.formula_masks import concept_masks, formula_mask_on, unit_mask_positions
 from netunits.models.registry import load_checkpoint
+from netunits.params import PARAMS_FILE, ComposeParams
 from netunits.plots import close, formula_length_figure, save_figure
-from netunits.runtime import progress
+from netunits.runtime import Runtime, progress
 
 FIGURE_DPI = 110
 
@@ -73,7 +74,7 @@ class LayerFormulas:
 
 @dataclass
 class ComposeResult:
-    config: Any                                    # the compose params the search ran with
+    config: ComposeParams                          # the compose params the search ran with
     layers: dict[str, LayerFormulas] = field(default_factory=dict)
     checkpoint_sha256: str | None = None           # the checkpoint's, as dissect's tallies name it
 
@@ -153,7 +154,7 @@ def unit_positions(model: torch.nn.Module, probe: Mapping, layer: str, threshold
     return [np.sort(positions[order][bounds[u]:bounds[u + 1]]) for u in range(len(thresholds))]
 
 
-def check_layers(config: Any, tallies: Mapping, source: str = "params.yaml") -> None:
+def check_layers(config: ComposeParams, tallies: Mapping, source: str = PARAMS_FILE) -> None:
     """Every layer of compose.layers must have been dissected (its thresholds come from there)."""
     for layer in config.layers:
         if layer not in tallies["per_layer"]:
@@ -161,7 +162,7 @@ def check_layers(config: Any, tallies: Mapping, source: str = "params.yaml") -> 
                                 f"layers (dissect.layers): {', '.join(tallies['per_layer'])}")
 
 
-def compose_layer(inputs: ComposeInputs, layer: str, config: Any, runtime: Any) -> LayerFormulas:
+def compose_layer(inputs: ComposeInputs, layer: str, config: ComposeParams, runtime: Runtime) -> LayerFormulas:
     """One layer's formulas: the units' masks from a model pass, the concept masks bit-packed,
     the beam search, and each formula's mask on its unit's top images."""
     per_layer = inputs.tallies["per_layer"][layer]
@@ -186,7 +187,8 @@ def compose_layer(inputs: ComposeInputs, layer: str, config: Any, runtime: Any) 
     return LayerFormulas(found, top_images, size, pack_masks(masks.numpy()))
 
 
-def run_compose(inputs: ComposeInputs, config: Any, runtime: Any, source: str = "params.yaml") -> ComposeResult:
+def run_compose(inputs: ComposeInputs, config: ComposeParams, runtime: Runtime,
+                source: str = PARAMS_FILE) -> ComposeResult:
     """Compositional explanations of every unit of config.layers (compose params: layers,
     resolution, downsample_min, connectors, expand, score, imrou_r, length_penalty, beam,
     max_length, candidates, min_gain, batch_size); runtime: the device and precision of the
@@ -199,7 +201,7 @@ def run_compose(inputs: ComposeInputs, config: Any, runtime: Any, source: str = 
 
 def load_compose_inputs(paths: Mapping[str, Path]) -> ComposeInputs:
     """The checkpoint (paths["model"]), probe set (paths["probe"]) and dissect's tallies
-    (paths["tallies"]), checked to belong together."""
+    (paths["tallies"]), checked to belong together (paths: netunits.stage_table.stage_paths)."""
     tallies = load_checked(paths["tallies"], {"per_layer": lambda v: isinstance(v, dict)}, "dissection tallies")
     if tallies.get("checkpoint_sha256") != file_sha256(paths["model"]):
         raise PipelineError(f"{paths['tallies']}: made from another checkpoint than {paths['model']}; "
@@ -209,12 +211,13 @@ def load_compose_inputs(paths: Mapping[str, Path]) -> ComposeInputs:
 
 
 def write_compose(result: ComposeResult, paths: Mapping[str, Path]) -> None:
-    """formulas.csv (paths["formulas"]), top_masks.pt (paths["top_masks"]), the metrics
-    (paths["metrics"]) and the figure (paths["figure"])."""
-    remove_stale_temps(*(paths[k] for k in ("formulas", "top_masks", "metrics", "figure")))
+    """The formulas table (paths["formulas"]), their masks on the units' top images
+    (paths["formula_masks"]), the metrics (paths["compose_metrics"]) and the figure
+    (paths["compose_figure"]); every file complete or not there (netunits.files)."""
+    remove_stale_temps(*(paths[k] for k in ("formulas", "formula_masks", "compose_metrics", "compose_figure")))
     write_csv(result.rows(), paths["formulas"])
-    save_torch(result.top_masks(), paths["top_masks"])
-    write_json(result.metrics(), paths["metrics"])
+    save_torch(result.top_masks(), paths["formula_masks"])
+    write_json(result.metrics(), paths["compose_metrics"])
     figure = result.figure()
-    save_figure(figure, paths["figure"], FIGURE_DPI)
+    save_figure(figure, paths["compose_figure"], FIGURE_DPI)
     close(figure)
