@@ -6,7 +6,7 @@ implementation.
    3, beam 5, OR / AND / AND NOT, 2000 probe images), then the same with every indres option on
    (WITH, CLOSE TO, CLOSE, expanded primitives, imRoU): wall time and peak resident memory.
 2. One formula's cost: the beam search on --units units, by counts over bit-packed masks
-   (netunits.methods.compose.search_units) against a plain beam search that builds each
+   (netunits.methods.compose_search.search_units) against a plain beam search that builds each
    formula's dense mask over the whole probe set and scores it (compexp's way, without its
    run-length encoding). Both must find the same formula and score; reported per formula
    scored, and as a ratio.
@@ -19,9 +19,11 @@ import time
 import torch
 
 from bench.run import ROOT, stage_in_scratch
+from netunits.api.compose import unit_positions
 from netunits.data.probe import load_probe
-from netunits.methods.compose import (Primitives, canonical, concept_masks, evaluate, formula_length, leaves,
-                                      plain_score, search_units, to_string, unit_positions)
+from netunits.methods.compose_search import Primitives, search_units
+from netunits.methods.formula import canonical, formula_length, leaves, to_string
+from netunits.methods.formula_masks import concept_masks, evaluate, plain_score
 from netunits.models.registry import load_checkpoint
 from netunits.params import load_params
 from netunits.runtime import choose_precision

@@ -12,7 +12,7 @@ Usage: python -m bench.run [--quick] [--fp32] [--repeats N]
   --seeds 1,2  only test accuracy (and wall time) of plain and pipeline for these training
            seeds: one seed's accuracy after 3 epochs swings by points with any change in numerics
   --convs  only ResNet18's convolutions at the default image size and batch: oneDNN against
-           netunits/models/gemm_conv.py's matrix product, forward and backward in bf16 (a minute)
+           netunits/accel/gemm_conv.py's matrix product, forward and backward in bf16 (a minute)
 """
 import argparse
 import json
@@ -269,7 +269,7 @@ def conv_lines(image_size, batch_size, repeats=5):
     """Each distinct convolution of ResNet18 at this image size: oneDNN (autocast conv2d) against
     the matrix product, forward + backward in bf16, best of `repeats` with the two interleaved."""
     import torch.nn.functional as F
-    from netunits.models.gemm_conv import gemm_conv2d
+    from netunits.accel.gemm_conv import gemm_conv2d
     from netunits.models.registry import build_model
     shapes = {}
 

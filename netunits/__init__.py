@@ -11,12 +11,15 @@ Modules, in the order their imports point (each imports only modules above it):
     data/               data sets (registry, MNIST, CIFAR-10, safe unpickling), subsets and label
                         noise, the prepared format, probe sets (the format, Broden-format folders)
     concepts            concept masks of handwritten digits (scikit-image), for the MNIST probe
-    models/             architecture registry, ResNet18 built here with its small-map
-                        convolutions, CIFAR ResNets, input transform, checkpoints
+    accel/              CPU speed and memory code (small-map convolutions, the max-pool,
+                        Adam stepped in the backward pass, heap trimming), applied in one place
+    models/             architecture registry, ResNet18 built here, CIFAR ResNets, input
+                        transform, checkpoints
     activations         forward hooks by module name: pooled features and spatial maps
     training            the training loop
     methods/            the analysis methods, pure functions on tensors: rof, influence,
-                        dissection
+                        dissection, compositional explanations (formula, formula_masks,
+                        bitmasks, compose_search)
     study               statistics over many runs (correlations, summary tables)
     plots               the figures
     api/                one call per stage: load_<stage>_inputs, run_<stage>, write_<stage>

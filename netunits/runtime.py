@@ -153,21 +153,6 @@ def seed_everything(seed):
 # --------------------------------------------------------------------------------------------
 # memory
 # --------------------------------------------------------------------------------------------
-def release_free_memory():
-    """Hand the C heap's free pages back to the OS (glibc's malloc_trim; elsewhere nothing).
-
-    glibc keeps freed memory for reuse. Between phases whose tensors differ in size (a training
-    step, then an evaluation at another batch size) that kept memory cannot be reused, and the
-    heap grows instead: calling this before each evaluation takes 40-110 MiB off the training
-    stage's peak, for a few milliseconds.
-    """
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):   # not glibc
-        pass
-
-
 def available_memory_bytes():
     """MemAvailable from /proc/meminfo, or None where there is no such file."""
     try:

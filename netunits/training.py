@@ -1,16 +1,18 @@
 """The training loop: Adam and cross-entropy, the learning rate constant (the ROF notebook's
-recipe) or decayed along half a cosine, one optimizer per parameter stepped from the backward
-pass, and a test evaluation after every epoch."""
+recipe) or decayed along half a cosine, and a test evaluation after every epoch. The optimizers
+come from netunits.accel's training hooks (one Adam per parameter, stepped from the backward
+pass)."""
 from __future__ import annotations
 
 import math
 
 import torch
 
+from netunits.accel.training_hooks import TrainingHooks
 from netunits.activations import pooled_features
 from netunits.errors import PipelineError
 from netunits.models.inputs import images_to_input
-from netunits.runtime import autocast, progress, release_free_memory
+from netunits.runtime import autocast, progress
 
 
 def accuracy_and_loss(logits, labels):
@@ -26,30 +28,6 @@ def learning_rate(step, n_steps, lr, schedule):
     return lr * 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
 
 
-def step_in_backward(model, lr, device):
-    """One Adam per parameter, each stepped by a hook as soon as the backward pass has finished
-    that parameter's gradient, which is then freed (PyTorch's "optimizer step in backward").
-
-    Why: training memory peaks in the stem's backward pass, the last one, when every other
-    layer's fp32 gradient (45 MiB for ResNet18) is otherwise still held for one
-    optimizer.step(). Adam treats each parameter on its own, so the weights are bit-identical
-    to one optimizer over all parameters (tested). Returns the optimizers and a function that
-    removes the hooks.
-    """
-    # fused: the same update rule in one kernel per parameter; as fast as one fused Adam over all
-    # parameters, and about 4x faster than the unfused default
-    optimizers, handles = [], []
-    for parameter in model.parameters():
-        optimizer = torch.optim.Adam([parameter], lr=lr, fused=device.type in ("cpu", "cuda"))
-
-        def step_and_free(_parameter, optimizer=optimizer):
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        optimizers.append(optimizer)
-        handles.append(parameter.register_post_accumulate_grad_hook(step_and_free))
-    return optimizers, lambda: [handle.remove() for handle in handles]
-
-
 def train_model(model, train, test, *, epochs, batch_size, lr, lr_schedule, seed, device, precision,
                 eval_batch_size, input_spec=None):
     """Train in place; return the history (a list of per-epoch dicts).
@@ -58,13 +36,13 @@ def train_model(model, train, test, *, epochs, batch_size, lr, lr_schedule, seed
     generator seeded by `seed`. A non-finite loss stops training with a PipelineError, so no
     checkpoint of a diverged model is ever written.
     """
-    optimizers, remove_hooks = step_in_backward(model, lr, device)
+    hooks = TrainingHooks(model, lr, device)
     try:
-        return _train_epochs(model, train["images"], train["labels"], test, optimizers, epochs=epochs,
+        return _train_epochs(model, train["images"], train["labels"], test, hooks, epochs=epochs,
                              batch_size=batch_size, lr=lr, lr_schedule=lr_schedule, seed=seed, device=device,
                              precision=precision, eval_batch_size=eval_batch_size, input_spec=input_spec)
     finally:
-        remove_hooks()
+        hooks.remove()
 
 
 def evaluate(model, subset, batch_size, device, precision, input_spec=None, desc="test"):
@@ -73,7 +51,7 @@ def evaluate(model, subset, batch_size, device, precision, input_spec=None, desc
     return accuracy_and_loss(logits, subset["labels"])
 
 
-def _train_epochs(model, images, labels, test, optimizers, *, epochs, batch_size, lr, lr_schedule, seed, device,
+def _train_epochs(model, images, labels, test, hooks, *, epochs, batch_size, lr, lr_schedule, seed, device,
                   precision, eval_batch_size, input_spec):
     shuffle = torch.Generator().manual_seed(seed)
     n_batches = (len(labels) + batch_size - 1) // batch_size
@@ -85,24 +63,21 @@ def _train_epochs(model, images, labels, test, optimizers, *, epochs, batch_size
         for step in progress(range(n_batches), f"epoch {epoch}/{epochs}"):
             batch = permutation[step * batch_size:(step + 1) * batch_size]
             y = labels[batch].to(device)
-            # Memory: each gradient is freed as soon as its parameter is stepped (step_in_backward),
+            # Memory: each gradient is freed as soon as its parameter is stepped (TrainingHooks),
             # and the fp32 input is not kept through the backward pass; the first convolution
             # saves its own bf16 copy.
             rate = learning_rate((epoch - 1) * n_batches + step, epochs * n_batches, lr, lr_schedule)
-            for optimizer in optimizers:
-                optimizer.param_groups[0]["lr"] = rate
+            hooks.set_learning_rate(rate)
             with autocast(device, precision):
                 logits = model(images_to_input(images[batch], device, channels_last=True, spec=input_spec))
             loss = torch.nn.functional.cross_entropy(logits.float(), y)
             if not torch.isfinite(loss):
                 raise PipelineError(f"train: the loss became {loss.item()} at epoch {epoch}, batch {step + 1}; "
                                     f"no checkpoint written; lower 'train.lr' (now {lr})")
-            loss.backward()                 # steps every parameter on the way (step_in_backward)
+            loss.backward()                 # steps every parameter on the way (TrainingHooks)
             loss_sum += loss.item() * len(batch)
             correct += int((logits.argmax(1) == y).sum())
-        # Handing the heap's free pages back keeps the evaluation from growing the heap with its
-        # differently sized tensors.
-        release_free_memory()
+        hooks.before_evaluation()
         test_accuracy, test_loss = evaluate(model, test, eval_batch_size, device, precision, input_spec)
         history.append({"epoch": epoch, "loss": loss_sum / len(labels), "train_accuracy": correct / len(labels),
                         "test_accuracy": test_accuracy, "test_loss": test_loss})

@@ -1,14 +1,16 @@
 """Compositional explanations on inputs small enough to check by hand."""
 import itertools
+import json
 
 import numpy as np
 import pytest
 import torch
 
 from netunits.errors import PipelineError
-from netunits.methods.compose import (CONNECTORS, FormulaCounts, Primitives, UnitView, canonical, evaluate, expand,
-                                      extensions, formula_length, near, pack, parse, plain_score, score_from_counts,
-                                      search_units, to_string, unpack)
+from netunits.methods.bitmasks import pack, unpack
+from netunits.methods.compose_search import FormulaCounts, Primitives, UnitView, extensions, search_units
+from netunits.methods.formula import (CONNECTORS, canonical, formula_length, from_json, parse, to_json, to_string)
+from netunits.methods.formula_masks import evaluate, expand, near, plain_score, score_from_counts
 
 
 def grid_mask(rows):
@@ -40,6 +42,30 @@ def test_parse_reads_connectors_left_to_right_and_keeps_parentheses():
 def test_parse_rejects_malformed_formulas(text):
     with pytest.raises(PipelineError, match="formula"):
         parse(text)
+
+
+@pytest.mark.parametrize("text", ["hole", "(hole OR endpoint) AND NOT thick_stroke",
+                                  "((a WITH b) CLOSE TO c) CLOSE d", 'hole-X AND "shop window"'])
+def test_formula_json_trees_round_trip_through_json_text(text):
+    formula = parse(text)
+    tree = json.loads(json.dumps(to_json(formula)))
+    assert from_json(tree) == formula and to_string(from_json(tree)) == text
+
+
+def test_formula_json_tree_names_its_connector_and_operands():
+    assert to_json(parse("a OR b AND NOT c")) == {"op": "AND NOT", "left": {"op": "OR", "left": "a", "right": "b"},
+                                                  "right": "c"}
+
+
+@pytest.mark.parametrize("tree, message", [
+    ({"op": "XOR", "left": "a", "right": "b"}, "connector 'XOR'"),
+    ({"op": "OR", "left": "a"}, "exactly the keys op, left, right"),
+    ({"op": "OR", "left": "a", "right": 3}, "3 is neither"),
+    ("", "empty name"),
+])
+def test_formula_json_rejects_malformed_trees(tree, message):
+    with pytest.raises(PipelineError, match=message):
+        from_json(tree)
 
 
 def test_canonical_ignores_the_order_of_commutative_operands_only():

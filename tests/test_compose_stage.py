@@ -9,8 +9,10 @@ from conftest import TINY_PARAMS, run_main, tiny_params, write_params
 from netunits.activations import iterate_activations
 from netunits.data.probe import load_probe, unpack_masks
 from netunits.files import read_csv
-from netunits.methods.compose import (Primitives, concept_masks, evaluate, formula_length, parse, plain_score,
-                                      to_string, unit_mask_positions, unpack)
+from netunits.methods.bitmasks import unpack
+from netunits.methods.compose_search import Primitives
+from netunits.methods.formula import formula_length, parse, to_string
+from netunits.methods.formula_masks import concept_masks, evaluate, plain_score, unit_mask_positions
 from netunits.models.registry import load_checkpoint
 from netunits.runtime import choose_precision
 from stages import compose

@@ -1,12 +1,12 @@
-"""stages/gemm_conv.py: small-map convolutions as one matrix product, checked against conv2d."""
+"""netunits/accel/gemm_conv.py: small-map convolutions as one matrix product, checked against conv2d."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from netunits.models import gemm_conv
+from netunits.accel import gemm_conv
 from netunits.models.registry import build_model
 from netunits.torchvision_compat import torchvision_models
-from netunits.models.gemm_conv import SmallMapConv2d, gemm_conv2d
+from netunits.accel.gemm_conv import SmallMapConv2d, gemm_conv2d
 
 # (batch, c_in, size, c_out, kernel, stride, padding): every geometry ResNet18 has, odd sizes,
 # and a 1x1 map (layer4 at 32 px).

@@ -6,6 +6,7 @@ import torch
 
 from conftest import run_main, tiny_params, write_params
 from netunits import training as train
+from netunits.accel.optimizer import step_in_backward
 from netunits.errors import PipelineError
 from netunits.models.registry import build_model, load_checkpoint
 from netunits.runtime import seed_everything
@@ -141,7 +142,7 @@ def test_step_in_backward_trains_the_same_bits_as_one_optimizer_and_frees_gradie
     reference, model = build_model("resnet18", 10), build_model("resnet18", 10)
     model.load_state_dict(reference.state_dict())
     joint = torch.optim.Adam(reference.parameters(), lr=1e-2, fused=True)
-    optimizers, remove_hooks = train.step_in_backward(model, 1e-2, torch.device("cpu"))
+    optimizers, remove_hooks = step_in_backward(model, 1e-2, torch.device("cpu"))
     for step in range(3):
         rate = 1e-2 / (step + 1)
         joint.param_groups[0]["lr"] = rate

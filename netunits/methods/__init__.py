@@ -1,1 +1,3 @@
-"""Analysis methods: pure functions on tensors, one module per method."""
+"""Analysis methods: pure functions on tensors, one module per method (compositional
+explanations: formula.py, their grammar; formula_masks.py, their dense masks and scores;
+bitmasks.py, bit-packed masks; compose_search.py, the beam search)."""

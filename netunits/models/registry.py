@@ -34,28 +34,27 @@ class Float32Head(torch.nn.Linear):
 def _resnet18_here():
     # Imported here so that building a torchvision model does not load this copy, and the
     # other way round.
-    from netunits.models.gemm_conv import use_small_map_convs
     from netunits.models.resnet import resnet18
-    return resnet18(), use_small_map_convs
+    return resnet18()
 
 
 def _cifar_resnet(depth):
     def build():
         from netunits.models.cifar_resnet import cifar_resnet
-        return cifar_resnet(depth), None
+        return cifar_resnet(depth)
     return build
 
 
 def _torchvision(name):
     def build():
         from netunits.torchvision_compat import torchvision_models
-        return getattr(torchvision_models(), name)(weights=None), None
+        return getattr(torchvision_models(), name)(weights=None)
     return build
 
 
 @dataclass(frozen=True)
 class Architecture:
-    build: Callable        # () -> (model with its default head, accelerator applied after the head or None)
+    build: Callable        # () -> the model with its default head
     in_channels: int
     description: str
     renames: tuple = ()    # (prefix in released weights files, prefix here), applied by load_weights
@@ -63,13 +62,14 @@ class Architecture:
     pooled_layer: str = "avgpool"
     # the block whose channels pool into those units (network dissection's view of the same units)
     last_block: str = "layer4"
+    accelerated: bool = False   # netunits.accel applied (CPU bf16 small-map convolutions, max-pool)
 
 
 ARCHITECTURES = {
     # torchvision's resnet18 rebuilt without importing torchvision (bit-identical weights for a
-    # seed); its small-map convolutions take a matrix product under CPU bf16 autocast (gemm_conv)
+    # seed); its small-map convolutions take a matrix product under CPU bf16 autocast (netunits.accel)
     "resnet18": Architecture(_resnet18_here, 3, "ResNet18 as torchvision builds it, with the CPU bf16 "
-                                               "small-map convolutions"),
+                                               "small-map convolutions", accelerated=True),
     **{f"torchvision:{name}": Architecture(_torchvision(name), 3, f"torchvision.models.{name}")
        for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")},
     # He et al.'s CIFAR ResNets with akamaster/pytorch_resnet_cifar10's key names (head `linear`)
@@ -91,9 +91,14 @@ def build_model(arch, n_classes):
     The registry's builder draws the default head's initial values first, as torchvision does,
     so the random stream (and every later weight) matches torchvision's for the same seed.
     """
-    model, accelerate = get_architecture(arch).build()
+    # imported here, as the builders import the models' code: model code, which reading an
+    # architecture's facts does not load
+    from netunits.accel.model_hooks import apply as accelerate
+    architecture = get_architecture(arch)
+    model = architecture.build()
     model.fc = Float32Head(model.fc.in_features, n_classes)
-    return accelerate(model) if accelerate else model
+    # the one place accel's speed code is applied: every model is built here, loaded ones too
+    return accelerate(model) if architecture.accelerated else model
 
 
 def _state_dict_of(obj, renames=()):

@@ -155,11 +155,3 @@ class SmallMapConv2d(torch.nn.Conv2d):
         if self.uses_gemm(x):
             return gemm_conv2d(x.to(torch.bfloat16), self.bf16_weight(), self.stride[0], self.padding[0])
         return super().forward(x)
-
-
-def use_small_map_convs(model):
-    """Switch every nn.Conv2d in `model` to SmallMapConv2d in place (parameters untouched)."""
-    for module in model.modules():
-        if type(module) is torch.nn.Conv2d:
-            module.__class__ = SmallMapConv2d
-    return model

@@ -1,0 +1,223 @@
+"""The compose stage as one library call: for every unit of the configured layers, the logical
+formula over the probe set's concepts whose mask best matches the unit's, by beam search
+(netunits.methods.compose_search), with its score, length and the best single concept beside it.
+
+A unit's mask is network dissection's: its activation map above the threshold dissect found.
+
+From a notebook, with no files:
+    result = run_compose(ComposeInputs(model, checkpoint["input"], probe, tallies), params.compose, runtime)
+    result.layers["layer4"].formulas[7]        # unit 7's formula, a tree (netunits.methods.formula)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from netunits.activations import iterate_activations
+from netunits.data.probe import load_probe, pack_masks
+from netunits.errors import PipelineError
+from netunits.files import file_sha256, load_checked, remove_stale_temps, save_torch, write_csv, write_json
+from netunits.methods.compose_search import Primitives, search_units
+from netunits.methods.formula import Formula, to_string
+from netunits.methods.formula_masks import concept_masks, formula_mask_on, unit_mask_positions
+from netunits.models.registry import load_checkpoint
+from netunits.params import PARAMS_FILE, ComposeParams
+from netunits.plots import close, formula_length_figure, save_figure
+from netunits.runtime import Runtime, progress
+
+FIGURE_DPI = 110
+
+
+@dataclass
+class ComposeInputs:
+    """model: a trained network (eval mode, on any device); input_spec: its checkpoint's "input"
+    (how uint8 images become its input); probe: a probe set (netunits.data.probe); tallies:
+    dissect's tallies ("per_layer": thresholds, top_maps, top_images per layer)."""
+    model: torch.nn.Module
+    input_spec: Mapping | None
+    probe: Mapping
+    tallies: Mapping
+
+
+@dataclass
+class LayerFormulas:
+    """One layer's search: per unit (index = unit) the search's result dict (formula, score, iou,
+    length, single, single_score, single_iou, best_by_length, evaluated), and the formula's mask
+    on the unit's top images (dissect's), packed as the probe packs masks."""
+    units: list[dict]
+    top_images: torch.Tensor
+    size: int
+    top_masks: np.ndarray
+
+    @property
+    def formulas(self) -> list[Formula | None]:
+        return [unit["formula"] for unit in self.units]
+
+    def explained(self) -> list[dict]:
+        """The units that fire somewhere on the probe set (the others have no formula)."""
+        return [unit for unit in self.units if unit["formula"] is not None]
+
+    def scores_by_length(self, max_length: int) -> dict[int, list[float]]:
+        """{length: each unit's best score at that length}, lengths some unit reached."""
+        by_length = {n: [u["best_by_length"][n] for u in self.explained() if n in u["best_by_length"]]
+                     for n in range(1, max_length + 1)}
+        return {n: v for n, v in by_length.items() if v}
+
+    def gains(self) -> list[float]:
+        """Each explained unit's formula IoU minus its best single concept's."""
+        return [u["iou"] - u["single_iou"] for u in self.explained()]
+
+
+@dataclass
+class ComposeResult:
+    config: ComposeParams                          # the compose params the search ran with
+    layers: dict[str, LayerFormulas] = field(default_factory=dict)
+    checkpoint_sha256: str | None = None           # the checkpoint's, as dissect's tallies name it
+
+    def rows(self) -> list[dict]:
+        """formulas.csv: one row per unit of every layer."""
+        rows = []
+        for layer, found in self.layers.items():
+            for unit, result in enumerate(found.units):
+                rows.append({"layer": layer, "unit": unit,
+                             "formula": "" if result["formula"] is None else to_string(result["formula"]),
+                             "length": result["length"], "score": result["score"], "iou": result["iou"],
+                             "single": result["single"] or "", "single_score": result["single_score"],
+                             "single_iou": result["single_iou"], "iou_gain": result["iou"] - result["single_iou"]})
+        return rows
+
+    def metrics(self) -> dict:
+        config, max_length = self.config, self.config.max_length
+        metrics = {"resolution": config.resolution, "score": config.score, "connectors": list(config.connectors),
+                   "expand": config.expand, "layers": {}}
+        for layer, found in self.layers.items():
+            explained, gains = found.explained(), found.gains()
+            lengths = [u["length"] for u in explained]
+
+            def mean(key):
+                return float(np.mean([u[key] for u in explained])) if explained else None
+            metrics["layers"][layer] = {
+                "units": len(found.units), "units_with_mask": len(explained),
+                "mean_score_by_length": {str(n): float(np.mean(v)) for n, v in found.scores_by_length(max_length).items()},
+                "mean_score": mean("score"), "mean_iou": mean("iou"), "mean_single_iou": mean("single_iou"),
+                "share_gain_at_least_min_gain": (float(np.mean([g >= config.min_gain - 1e-12 for g in gains]))
+                                                 if explained else None),
+                "formulas_by_length": {str(n): lengths.count(n) for n in range(1, max_length + 1)},
+                "unique_formulas": len({to_string(u["formula"]) for u in explained})}
+        return metrics
+
+    def top_masks(self) -> dict:
+        """top_masks.pt: each formula's mask on its unit's top images, for the report."""
+        return {"checkpoint_sha256": self.checkpoint_sha256,
+                "per_layer": {layer: {"top_images": found.top_images, "size": found.size, "masks": found.top_masks}
+                              for layer, found in self.layers.items()}}
+
+    def figure(self):
+        """Score against formula length, and the IoU gains over the best single concept."""
+        return formula_length_figure({layer: found.scores_by_length(self.config.max_length)
+                                      for layer, found in self.layers.items()},
+                                     {layer: found.gains() for layer, found in self.layers.items()},
+                                     self.config.min_gain)
+
+    def summary(self) -> str:
+        """One line per layer: the mean best score by formula length and the share of units the
+        formula helps."""
+        lines = []
+        for layer, m in self.metrics()["layers"].items():
+            by_length = ", ".join(f"{n}: {v:.4f}" for n, v in m["mean_score_by_length"].items())
+            share = m["share_gain_at_least_min_gain"]
+            lines.append(f"{layer}: {m['units_with_mask']} of {m['units']} units explained; mean {self.config.score} by "
+                         f"formula length {by_length or 'none'}; "
+                         + (f"{share:.1%} of units gain at least {self.config.min_gain} IoU over their best concept; "
+                            if share is not None else "")
+                         + f"{m['unique_formulas']} distinct formulas")
+        return "\n".join(lines)
+
+
+def unit_positions(model: torch.nn.Module, probe: Mapping, layer: str, thresholds: torch.Tensor, size: int,
+                   words: int, run: dict) -> list[np.ndarray]:
+    """Each unit's mask as flat positions (image * words * 64 + position), from batches of
+    activations: upsampled to size x size (resolution mask) or at the layer's own grid.
+    run: iterate_activations' batch_size, device, precision, input_spec and key."""
+    found = []
+    for start, outputs, _ in iterate_activations(model, probe["images"], [layer], desc=f"{layer} masks", **run):
+        image, unit, position = unit_mask_positions(outputs[layer], thresholds, size)
+        found.append((unit.numpy(), (image.numpy() + start) * words * 64 + position.numpy()))
+    units = np.concatenate([u for u, _ in found])
+    positions = np.concatenate([p for _, p in found])
+    order = np.argsort(units, kind="stable")
+    bounds = np.searchsorted(units[order], np.arange(len(thresholds) + 1))
+    return [np.sort(positions[order][bounds[u]:bounds[u + 1]]) for u in range(len(thresholds))]
+
+
+def check_layers(config: ComposeParams, tallies: Mapping, source: str = PARAMS_FILE) -> None:
+    """Every layer of compose.layers must have been dissected (its thresholds come from there)."""
+    for layer in config.layers:
+        if layer not in tallies["per_layer"]:
+            raise PipelineError(f"{source}: 'compose.layers' has {layer!r}, which was not dissected; dissected "
+                                f"layers (dissect.layers): {', '.join(tallies['per_layer'])}")
+
+
+def compose_layer(inputs: ComposeInputs, layer: str, config: ComposeParams, runtime: Runtime) -> LayerFormulas:
+    """One layer's formulas: the units' masks from a model pass, the concept masks bit-packed,
+    the beam search, and each formula's mask on its unit's top images."""
+    per_layer = inputs.tallies["per_layer"][layer]
+    thresholds, probe = per_layer["thresholds"], inputs.probe
+    grid = per_layer["top_maps"].shape[-1]                       # the layer's own cells per side
+    size = probe["mask_size"] if config.resolution == "mask" else grid
+    primitives = Primitives(concept_masks(probe, config.resolution, size, config.downsample_min), grid,
+                            config.connectors, config.expand)
+    run = dict(batch_size=config.batch_size, device=runtime.device, precision=runtime.precision,
+               input_spec=inputs.input_spec, key="compose.layers")
+    positions = unit_positions(inputs.model, probe, layer, thresholds, size, primitives.words, run)
+    found = search_units(primitives, positions, connectors=config.connectors, beam=config.beam,
+                         max_length=config.max_length, candidates=config.candidates, score=config.score,
+                         r=config.imrou_r, penalty=config.length_penalty,
+                         progress=lambda items, desc: progress(items, f"{layer} {desc}"))
+    top_images = per_layer["top_images"]
+    masks = torch.zeros(len(found), top_images.shape[1], size, size, dtype=torch.bool)
+    for unit, result in enumerate(found):
+        if result["formula"] is not None:
+            masks[unit] = formula_mask_on(probe, top_images[unit], result["formula"], config.resolution, size,
+                                          config.downsample_min, grid)
+    return LayerFormulas(found, top_images, size, pack_masks(masks.numpy()))
+
+
+def run_compose(inputs: ComposeInputs, config: ComposeParams, runtime: Runtime,
+                source: str = PARAMS_FILE) -> ComposeResult:
+    """Compositional explanations of every unit of config.layers (compose params: layers,
+    resolution, downsample_min, connectors, expand, score, imrou_r, length_penalty, beam,
+    max_length, candidates, min_gain, batch_size); runtime: the device and precision of the
+    model pass (netunits.runtime.resolve_compute). source names the params in errors."""
+    check_layers(config, inputs.tallies, source)
+    inputs.model.to(runtime.device, memory_format=torch.channels_last)
+    return ComposeResult(config, {layer: compose_layer(inputs, layer, config, runtime) for layer in config.layers},
+                         inputs.tallies.get("checkpoint_sha256"))
+
+
+def load_compose_inputs(paths: Mapping[str, Path]) -> ComposeInputs:
+    """The checkpoint (paths["model"]), probe set (paths["probe"]) and dissect's tallies
+    (paths["tallies"]), checked to belong together (paths: netunits.stage_table.stage_paths)."""
+    tallies = load_checked(paths["tallies"], {"per_layer": lambda v: isinstance(v, dict)}, "dissection tallies")
+    if tallies.get("checkpoint_sha256") != file_sha256(paths["model"]):
+        raise PipelineError(f"{paths['tallies']}: made from another checkpoint than {paths['model']}; "
+                            "rerun `dvc repro dissect`")
+    model, checkpoint = load_checkpoint(paths["model"])
+    return ComposeInputs(model, checkpoint["input"], load_probe(paths["probe"]), tallies)
+
+
+def write_compose(result: ComposeResult, paths: Mapping[str, Path]) -> None:
+    """The formulas table (paths["formulas"]), their masks on the units' top images
+    (paths["formula_masks"]), the metrics (paths["compose_metrics"]) and the figure
+    (paths["compose_figure"]); every file complete or not there (netunits.files)."""
+    remove_stale_temps(*(paths[k] for k in ("formulas", "formula_masks", "compose_metrics", "compose_figure")))
+    write_csv(result.rows(), paths["formulas"])
+    save_torch(result.top_masks(), paths["formula_masks"])
+    write_json(result.metrics(), paths["compose_metrics"])
+    figure = result.figure()
+    save_figure(figure, paths["compose_figure"], FIGURE_DPI)
+    close(figure)
