@@ -70,7 +70,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--units", type=int, default=2)
     args = parser.parse_args()
-    params, dissect = load_params("compose", ROOT / "params.yaml"), load_params("dissect", ROOT / "params.yaml")
+    config = load_params(ROOT / "params.yaml", required=("compose", "compute"))
+    params = config.compose.model_dump()
     for name, extra in (("params.yaml", ()), ("indres options", INDRES)):
         wall, rss, line = stage_run(extra)
         print(f"compose stage, {name}: {wall:.1f} s wall with process start, peak RSS {rss:.0f} MiB\n  {line}")
@@ -83,7 +84,7 @@ def main():
     masks = dict(concept_masks(probe, "mask", size, params["downsample_min"]))
     primitives = Primitives(masks.items(), grid, params["connectors"])
     device = torch.device("cpu")
-    precision = choose_precision(dissect["precision"], device, "dissect.precision")
+    precision = choose_precision(config.compute.precision, device, analysis=True)
     run = dict(batch_size=64, device=device, precision=precision, input_spec=checkpoint["input"], key="layers")
     positions = unit_positions(model, probe, layer, per_layer["thresholds"], size, primitives.words, run)
     options = dict(connectors=params["connectors"], beam=params["beam"], max_length=params["max_length"],

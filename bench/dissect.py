@@ -62,7 +62,7 @@ def main():
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--units", type=int, default=16)
     args = parser.parse_args()
-    params = load_params("dissect", ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml", required=("dissect",)).dissect.model_dump()
     wall, rss, line = stage_run()
     print(f"dissect stage ({', '.join(params['layers'])}): {wall:.1f} s wall with process start, peak RSS "
           f"{rss:.0f} MiB\n  {line}")

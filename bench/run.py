@@ -218,8 +218,7 @@ def main():
     stages = runs["pipeline"][-1]["stages"]
     if args.fp32:
         fp32 = json.loads(json.dumps(params))
-        for section in ("train", "extract_features"):
-            fp32[section]["precision"] = "fp32"
+        fp32["compute"]["precision"] = "fp32"
         repo32, wall32, stages32, accuracy32 = run_pipeline(fp32)
         shutil.rmtree(repo32)
         lines += ["| precision | dvc repro wall s | train s | extract_features s | test accuracy |",

@@ -19,11 +19,11 @@ def layer_names(model):
     return [name for name, _ in model.named_modules() if name]
 
 
-def get_layer(model, name, key):
+def get_layer(model, name, key, source="params.yaml"):
     modules = dict(model.named_modules())
     if not name or name not in modules:
         top = [n for n in layer_names(model) if "." not in n]
-        raise PipelineError(f"params.yaml: '{key}' is {name!r}; the model's layers are {', '.join(top)} "
+        raise PipelineError(f"{source}: '{key}' is {name!r}; the model's layers are {', '.join(top)} "
                             f"(or any dotted submodule such as {layer_names(model)[-3]})")
     return modules[name]
 
@@ -41,10 +41,10 @@ def pool(output):
 
 @torch.no_grad()
 def iterate_activations(model, images_u8, layers, batch_size, device, precision, input_spec=None,
-                        desc="forward", key="extract_features.layers"):
+                        desc="forward", key="extract_features.layers", source="params.yaml"):
     """Eval-mode forward passes; yields (first index, {layer: output on the cpu}, logits fp32 on the
     cpu) per batch of images."""
-    modules = {name: get_layer(model, name, key) for name in layers}
+    modules = {name: get_layer(model, name, key, source) for name in layers}
     captured = {}
 
     def keep(name):
@@ -65,11 +65,11 @@ def iterate_activations(model, images_u8, layers, batch_size, device, precision,
 
 
 def pooled_features(model, images_u8, layers, batch_size, device, precision, input_spec=None, desc="forward",
-                    key="extract_features.layers"):
+                    key="extract_features.layers", source="params.yaml"):
     """({layer: N x units fp32}, logits N x n_classes fp32), both on the cpu."""
     pooled, logits = {name: [] for name in layers}, []
     for _, outputs, batch_logits in iterate_activations(model, images_u8, layers, batch_size, device, precision,
-                                                        input_spec, desc, key):
+                                                        input_spec, desc, key, source):
         for name in layers:
             pooled[name].append(pool(outputs[name]))
         logits.append(batch_logits)

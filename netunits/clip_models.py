@@ -28,25 +28,25 @@ def _reason(exc):
     return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
-def import_open_clip(key):
+def import_open_clip(key, source="params.yaml"):
     """open_clip, offline, after the torchvision shim; PipelineError where it is not installed."""
     os.environ.update(OFFLINE)
     torchvision_models()       # open_clip imports torchvision: define its C ops first where they are missing
     try:
         import open_clip
     except ImportError as exc:
-        raise PipelineError(f"params.yaml: '{key}' is 'clip', which needs the optional open_clip extra "
+        raise PipelineError(f"{source}: '{key}' is 'clip', which needs the optional open_clip extra "
                             f"({_reason(exc)}); install it with `make clip`") from None
     return open_clip
 
 
-def _config_file(path, key):
+def _config_file(path, key, source):
     """An open_clip model config read from a JSON file: either open_clip's own format (embed_dim,
     vision_cfg, text_cfg) or a hub folder's open_clip_config.json (model_cfg, preprocess_cfg)."""
     try:
         config = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise PipelineError(f"params.yaml: '{key}' is {str(path)!r}; no such file") from None
+        raise PipelineError(f"{source}: '{key}' is {str(path)!r}; no such file") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise PipelineError(f"{path}: not a JSON model config ({_reason(exc)})") from None
     model_cfg = config.get("model_cfg", config) if isinstance(config, dict) else None
@@ -57,21 +57,21 @@ def _config_file(path, key):
 
 
 def load_model(model, weights, device, model_key="clip_dissect.model", weights_key="clip_dissect.weights",
-               source_key="clip_dissect.source"):
+               source_key="clip_dissect.source", source="params.yaml"):
     """(open_clip model in eval mode on `device`, image preprocessing, tokenizer).
 
     model: an open_clip architecture name (ViT-B-16, RN50, ...; '/' may stand for '-') or a JSON
     model config file (its file name, less .json, names it); weights: a local weights file
     (state dict, .pt / .bin / .safetensors, as open_clip's own checkpoints)."""
     if weights is None:
-        raise PipelineError(f"params.yaml: '{weights_key}' is null; the clip source reads the model's weights "
+        raise PipelineError(f"{source}: '{weights_key}' is null; the clip source reads the model's weights "
                             f"from a local file (it never downloads them)")
     weights = Path(weights)
     if not weights.is_file():
-        raise PipelineError(f"params.yaml: '{weights_key}' is {str(weights)!r}; no such file (the clip source "
+        raise PipelineError(f"{source}: '{weights_key}' is {str(weights)!r}; no such file (the clip source "
                             f"reads the model's weights from a local file and never downloads them)")
-    config = _config_file(model, model_key) if model.endswith(".json") else None
-    open_clip = import_open_clip(source_key)
+    config = _config_file(model, model_key, source) if model.endswith(".json") else None
+    open_clip = import_open_clip(source_key, source)
     preprocess_cfg = None
     if config is not None:
         name = Path(model).stem
@@ -84,7 +84,7 @@ def load_model(model, weights, device, model_key="clip_dissect.model", weights_k
         name = model.replace("/", "-")
         if name not in open_clip.list_models():
             known = open_clip.list_models()
-            raise PipelineError(f"params.yaml: '{model_key}' is {model!r}, which open_clip {open_clip.__version__} "
+            raise PipelineError(f"{source}: '{model_key}' is {model!r}, which open_clip {open_clip.__version__} "
                                 f"does not know; use one of its {len(known)} architectures (e.g. "
                                 f"{', '.join(k for k in ('ViT-B-16', 'ViT-B-32', 'ViT-L-14', 'RN50') if k in known)}; "
                                 f"open_clip.list_models() lists them) or a JSON model config file")
@@ -100,7 +100,7 @@ def load_model(model, weights, device, model_key="clip_dissect.model", weights_k
     try:
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as exc:
-        raise PipelineError(f"params.yaml: '{model_key}' is {model!r}, whose tokenizer could not be loaded "
+        raise PipelineError(f"{source}: '{model_key}' is {model!r}, whose tokenizer could not be loaded "
                             f"offline ({_reason(exc)})") from None
     return clip.eval(), preprocess, tokenizer
 

@@ -9,19 +9,21 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from netunits.errors import PipelineError
-from netunits.params import PARAMS_FILE, load_params
+from netunits.params import PARAMS_FILE, Compute, Params, load_params
 
 
 # --------------------------------------------------------------------------------------------
 # a stage's command line
 # --------------------------------------------------------------------------------------------
-def stage_args(description, argv=None):
+def stage_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
     """The options every stage takes:
 
     --params FILE   the params file (default params.yaml)
@@ -35,31 +37,22 @@ def stage_args(description, argv=None):
     parser.add_argument("--run-dir", default=".", type=Path,
                         help="folder under which the stage reads and writes its files (default: .)")
     args = parser.parse_args(argv)
-    _PARAMS_IN_USE[:] = [args.params]
     return args
 
 
-# the params file the running stage reads, so that errors name it (messages say params.yaml)
-_PARAMS_IN_USE = [PARAMS_FILE]
+def stage_config(args: argparse.Namespace, *sections: str) -> Params:
+    """The params file of `args` (with its --set overrides), validated; `sections` must be there."""
+    return load_params(args.params, args.overrides, sections)
 
 
-def stage_params(section, args):
-    return load_params(section, args.params, args.overrides)
-
-
-def run_stage(main, argv=None):
+def run_stage(main: Callable, argv: list[str] | None = None) -> None:
     """Run a stage's main(argv); a PipelineError becomes one line on stderr and exit status 2."""
     start = time.perf_counter()
     try:
         main(argv)
     except PipelineError as exc:
-        message = str(exc)
-        if message.startswith(f"{PARAMS_FILE}:"):
-            message = _PARAMS_IN_USE[0] + message[len(PARAMS_FILE):]
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    finally:
-        _PARAMS_IN_USE[:] = [PARAMS_FILE]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
     print(f"{Path(main.__globals__['__file__']).stem} done in {time.perf_counter() - start:.1f} s wall, "
           f"peak RSS {peak_mib:.0f} MiB", file=sys.stderr)
@@ -74,19 +67,19 @@ def progress(iterable, desc, total=None):
 # --------------------------------------------------------------------------------------------
 # device, precision, threads, seeds
 # --------------------------------------------------------------------------------------------
-def choose_device(name, key):
+def choose_device(name: str, key: str = "compute.device", source: str = PARAMS_FILE) -> torch.device:
     """'auto' picks cuda, then mps, then cpu; an explicit device that is absent is an error."""
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     if name.startswith("cuda") and not cuda:
-        raise PipelineError(f"params.yaml: '{key}' is {name!r} but no CUDA device is available; "
+        raise PipelineError(f"{source}: '{key}' is {name!r} but no CUDA device is available; "
                             f"use auto or cpu")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise PipelineError(f"params.yaml: '{key}' is {name!r} but only "
+        raise PipelineError(f"{source}: '{key}' is {name!r} but only "
                             f"{torch.cuda.device_count()} CUDA device(s) exist")
     if name == "mps" and not mps:
-        raise PipelineError(f"params.yaml: '{key}' is 'mps' but no MPS device is available; "
+        raise PipelineError(f"{source}: '{key}' is 'mps' but no MPS device is available; "
                             f"use auto or cpu")
     return torch.device(name)
 
@@ -100,14 +93,33 @@ def bf16_supported(device):
     return False
 
 
-def choose_precision(name, device, key):
-    """'auto' picks bf16 autocast where the hardware runs it natively, else fp32."""
+def choose_precision(name: str, device: torch.device, key: str = "compute.precision", analysis: bool = False,
+                     source: str = PARAMS_FILE) -> str:
+    """'auto' picks bf16 autocast where the hardware runs it natively, else fp32; for an analysis
+    stage (`analysis`) 'auto' is fp32: bf16's ties at a threshold flip some units' answers."""
     if name == "auto":
-        return "bf16" if bf16_supported(device) else "fp32"
+        return "bf16" if not analysis and bf16_supported(device) else "fp32"
     if name == "bf16" and device.type == "mps":
-        raise PipelineError(f"params.yaml: '{key}' is 'bf16', which this project does not run on mps; "
+        raise PipelineError(f"{source}: '{key}' is 'bf16', which this project does not run on mps; "
                             f"use fp32 or auto")
     return name
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where a stage runs its model and in which arithmetic."""
+    device: torch.device
+    precision: str          # "fp32" | "bf16" (autocast)
+
+
+def resolve_compute(compute: Compute, analysis: bool, source: str = PARAMS_FILE) -> Runtime:
+    """The device and precision `compute` asks for, checked against this machine; also sets the
+    thread count. `analysis`: dissect, compose, clip_dissect and the report (fp32 under auto);
+    train and extract_features take bf16 under auto where the hardware runs it natively."""
+    device = choose_device(compute.device, "compute.device", source)
+    precision = choose_precision(compute.precision, device, "compute.precision", analysis, source)
+    set_threads(compute.threads)
+    return Runtime(device, precision)
 
 
 def autocast(device, precision):

@@ -23,7 +23,7 @@ from netunits.methods.clip_dissect import (agreement, annotation_scores, best_co
                                            unit_summary)
 from netunits.models.registry import load_checkpoint
 from netunits.plots import close, descriptions_figure, save_figure
-from netunits.runtime import choose_device, choose_precision, run_stage, set_threads, stage_args, stage_params
+from netunits.runtime import resolve_compute, run_stage, stage_args, stage_config
 
 FIGURE_TOP = 15         # descriptions per layer in the figure
 N_BEST = 3              # the description and two runners-up per unit
@@ -74,7 +74,8 @@ def annotation_matrix(probe, names, quantile):
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params = stage_params("clip_dissect", args)
+    config = stage_config(args, "clip_dissect", "compute")
+    params, source = config.clip_dissect.model_dump(), config.source
     run, layers, method = args.run_dir, params["layers"], params["similarity"]
     out_dir = run / "artifacts/clip_dissect"
     descriptions_path = out_dir / "descriptions.csv"
@@ -83,15 +84,14 @@ def main(argv=None):
     layer_paths = {layer: out_dir / "layers" / f"{layer}.csv" for layer in layers}
     remove_stale_temps(*layer_paths.values(), descriptions_path, metrics_path, figure_path)
     constants, top_k_key = similarity_constants(params)
-    device = choose_device(params["device"], "clip_dissect.device")
-    precision = choose_precision(params["precision"], device, "clip_dissect.precision")
-    set_threads(params["threads"])
+    runtime = resolve_compute(config.compute, analysis=True, source=source)
+    device, precision = runtime.device, runtime.precision
 
     # every input checked before the forward passes
     probe = load_probe(run / "data/probe/probe.pt")
     n_images = len(probe["images"])
     if top_k_key and constants["top_k"] > n_images:
-        raise PipelineError(f"params.yaml: '{top_k_key}' is {constants['top_k']}; it must be at most the probe "
+        raise PipelineError(f"{source}: '{top_k_key}' is {constants['top_k']}; it must be at most the probe "
                             f"set's {n_images} images")
     probe_names = [c["name"] for c in probe["concepts"]]
     names = probe_names if params["concepts"] is None else read_concept_file(params["concepts"])
@@ -101,7 +101,7 @@ def main(argv=None):
             raise PipelineError(f"{params['concepts']}: the annotations source scores only the probe set's "
                                 f"concepts, and {unknown[0]!r} is not one ({', '.join(probe_names)})")
     else:
-        clip, preprocess, tokenizer = load_model(params["model"], params["weights"], device)
+        clip, preprocess, tokenizer = load_model(params["model"], params["weights"], device, source=source)
     model, checkpoint = load_checkpoint(run / "artifacts/train/model.pt")
     if probe["images"].shape[-1] != checkpoint["image_size"]:
         raise PipelineError(f"data/probe/probe.pt: images are {probe['images'].shape[-1]} px but the model was "

@@ -18,13 +18,13 @@ from netunits.files import file_sha256, load_checked, remove_stale_temps, save_t
 from netunits.methods.compose import Primitives, concept_masks, formula_mask_on, search_units, to_string, unit_positions
 from netunits.models.registry import load_checkpoint
 from netunits.plots import close, formula_length_figure, save_figure
-from netunits.runtime import (choose_device, choose_precision, progress, run_stage, set_threads, stage_args,
-                              stage_params)
+from netunits.runtime import progress, resolve_compute, run_stage, stage_args, stage_config
 
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params, dissect = stage_params("compose", args), stage_params("dissect", args)
+    config = stage_config(args, "compose", "compute")
+    params, source = config.compose.model_dump(), config.source
     run_dir = args.run_dir
     table_path, metrics_path = run_dir / "artifacts/compose/formulas.csv", run_dir / "artifacts/metrics/compose.json"
     figure_path = run_dir / "artifacts/plots/compose_lengths.png"
@@ -34,15 +34,15 @@ def main(argv=None):
                            "dissection tallies")
     for layer in params["layers"]:
         if layer not in tallies["per_layer"]:
-            raise PipelineError(f"params.yaml: 'compose.layers' has {layer!r}, which was not dissected; dissected "
+            raise PipelineError(f"{source}: 'compose.layers' has {layer!r}, which was not dissected; dissected "
                                 f"layers (dissect.layers): {', '.join(tallies['per_layer'])}")
     if tallies.get("checkpoint_sha256") != file_sha256(run_dir / "artifacts/train/model.pt"):
         raise PipelineError("artifacts/dissect/tallies.pt: made from another checkpoint than artifacts/train/model.pt; "
                             "rerun `dvc repro dissect`")
-    device = choose_device(dissect["device"], "dissect.device")
-    run = dict(batch_size=dissect["batch_size"], device=device, input_spec=None, key="compose.layers",
-               precision=choose_precision(dissect["precision"], device, "dissect.precision"))
-    set_threads(dissect["threads"])
+    runtime = resolve_compute(config.compute, analysis=True, source=source)
+    device = runtime.device
+    run = dict(batch_size=params["batch_size"], device=device, input_spec=None, key="compose.layers",
+               precision=runtime.precision)
     model, checkpoint = load_checkpoint(run_dir / "artifacts/train/model.pt")
     model.to(device, memory_format=torch.channels_last)
     run["input_spec"] = checkpoint["input"]

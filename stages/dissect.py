@@ -3,7 +3,7 @@ of dissect.layers: each unit's threshold (the dissect.quantile of its activation
 pass, the IoU counts against every concept, each unit's activation histogram and its
 top-activating images in a second.
 
-Reads params `dissect` (but iou_threshold and rof_layer, which only dissect_report reads),
+Reads params `dissect` (but iou_threshold, which only dissect_report reads) and `compute`,
 artifacts/train/model.pt and data/probe/probe.pt; writes artifacts/dissect/tallies.pt: per
 layer the thresholds, intersections, areas and each unit's top images with their raw maps.
 """
@@ -16,7 +16,7 @@ from netunits.files import remove_stale_temps, save_torch
 from netunits.methods.dissection import (IoUTally, TopValues, add_histogram, dissect_batch_chunks,
                                          quantile_from_top, unit_masks, values_needed)
 from netunits.models.registry import load_checkpoint
-from netunits.runtime import choose_device, choose_precision, run_stage, set_threads, stage_args, stage_params
+from netunits.runtime import resolve_compute, run_stage, stage_args, stage_config
 
 
 HISTOGRAM_BINS = 40    # each unit's activations over the probe set, from 0 to its largest, for the report
@@ -24,12 +24,12 @@ HISTOGRAM_BINS = 40    # each unit's activations over the probe set, from 0 to i
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params = stage_params("dissect", args)
+    config = stage_config(args, "dissect", "compute")
+    params, source = config.dissect.model_dump(), config.source
     out = args.run_dir / "artifacts/dissect/tallies.pt"
     remove_stale_temps(out)
-    device = choose_device(params["device"], "dissect.device")
-    precision = choose_precision(params["precision"], device, "dissect.precision")
-    set_threads(params["threads"])
+    runtime = resolve_compute(config.compute, analysis=True, source=source)
+    device, precision = runtime.device, runtime.precision
     model, checkpoint = load_checkpoint(args.run_dir / "artifacts/train/model.pt")
     model.to(device, memory_format=torch.channels_last)
     probe = load_probe(args.run_dir / "data/probe/probe.pt")
@@ -38,14 +38,14 @@ def main(argv=None):
                             f"trained on {checkpoint['image_size']} px; rerun `dvc repro probe_concepts`")
     layers, images, spec = params["layers"], probe["images"], checkpoint["input"]
     run = dict(batch_size=params["batch_size"], device=device, precision=precision, input_spec=spec,
-               key="dissect.layers")
+               key="dissect.layers", source=source)
 
     # pass 1: every unit's largest activations, enough for the exact quantile
     top, n_values = {}, {}
     for _, outputs, _ in iterate_activations(model, images, layers, desc="thresholds", **run):
         for name, maps in outputs.items():
             if maps.dim() != 4:
-                raise PipelineError(f"params.yaml: 'dissect.layers' has {name!r}, whose output has no spatial "
+                raise PipelineError(f"{source}: 'dissect.layers' has {name!r}, whose output has no spatial "
                                     f"maps (shape {tuple(maps.shape)})")
             if name not in top:
                 n_values[name] = len(images) * maps.shape[2] * maps.shape[3]

@@ -1,8 +1,8 @@
 """Stage dissect_report: network dissection's answers from the tallies: per unit its best concepts
 and IoU, detectors (best IoU at or above dissect.iou_threshold), unique concepts per layer, the
-units of dissect.rof_layer joined with ROF's roles, and the figures.
+units of the block that feeds the final layer (ROF's units) joined with ROF's roles, and the figures.
 
-Reads params dissect.iou_threshold and dissect.rof_layer, artifacts/dissect/tallies.pt,
+Reads params dissect.iou_threshold, artifacts/train/model.pt (its architecture), artifacts/dissect/tallies.pt,
 data/probe/probe.pt (for the image strips) and artifacts/rof/unit_roles.csv; writes
 artifacts/dissect/layers/<layer>.csv per layer, artifacts/dissect/unit_roles.csv (ROF's table with the
 concept and IoU), artifacts/metrics/dissect.json, artifacts/plots/dissect_concepts.png and
@@ -15,7 +15,9 @@ from netunits.files import load_checked, read_csv, remove_stale_temps, write_csv
 from netunits.methods.dissection import best_concepts, iou_from_counts, unit_masks
 from netunits.methods.rof import CATEGORIES
 from netunits.plots import close, concepts_per_layer_figure, save_figure, strips_figure
-from netunits.runtime import run_stage, stage_args, stage_params
+from netunits.models.checkpoint import load_checkpoint_file
+from netunits.models.registry import get_architecture
+from netunits.runtime import run_stage, stage_args, stage_config
 
 STRIP_UNITS = 8
 
@@ -27,8 +29,11 @@ def picture(image):
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params = stage_params("dissect", args)
-    run, threshold = args.run_dir, params["iou_threshold"]
+    config = stage_config(args, "dissect")
+    run, threshold = args.run_dir, config.dissect.iou_threshold
+    # the block whose channels are ROF's units (the final layer reads their pooled values)
+    arch = load_checkpoint_file(run / "artifacts/train/model.pt")["arch"]
+    params = {"rof_layer": get_architecture(arch).last_block}
     out_dir = run / "artifacts/dissect"
     metrics_path = run / "artifacts/metrics/dissect.json"
     figures = run / "artifacts/plots/dissect_concepts.png", run / "artifacts/plots/dissect_strips.png"
@@ -38,14 +43,13 @@ def main(argv=None):
     layer_outputs = [out_dir / "layers" / f"{name}.csv" for name in tallies["per_layer"]]
     remove_stale_temps(*layer_outputs, out_dir / "unit_roles.csv", metrics_path, *figures)
     if params["rof_layer"] not in tallies["per_layer"]:
-        raise PipelineError(f"params.yaml: 'dissect.rof_layer' is {params['rof_layer']!r}; it must be one of the "
-                            f"dissected layers ({', '.join(tallies['per_layer'])})")
+        raise PipelineError(f"{config.source}: 'dissect.layers' is {list(tallies['per_layer'])!r}; it must include "
+                            f"{params['rof_layer']}, the block of {arch} whose channels are ROF's units")
     roles = read_csv(run / "artifacts/rof/unit_roles.csv", numeric=False)
     n_rof_units = len(tallies["per_layer"][params["rof_layer"]]["thresholds"])
     if len(roles["unit"]) != n_rof_units:
-        raise PipelineError(f"params.yaml: 'dissect.rof_layer' is {params['rof_layer']!r}, whose {n_rof_units} "
-                            f"units are not ROF's {len(roles['unit'])}; name the layer whose channels ROF's units "
-                            f"pool (layer4 for the ResNet18s, layer3 for the CIFAR ResNets)")
+        raise PipelineError(f"{run / 'artifacts/rof/unit_roles.csv'}: {len(roles['unit'])} units, but "
+                            f"{params['rof_layer']} has {n_rof_units}; rerun `dvc repro rof_sweep`")
     names = [c["name"] for c in tallies["concepts"]]
     category = [c["category"] for c in tallies["concepts"]]
     tables, metrics, per_concept = {}, {"iou_threshold": threshold, "layers": {}}, {}

@@ -15,41 +15,48 @@ from netunits.data.prepared import load_prepared
 from netunits.errors import PipelineError
 from netunits.files import remove_stale_temps, save_torch
 from netunits.models.registry import load_checkpoint
-from netunits.runtime import (check_fits, choose_device, choose_precision, run_stage, set_threads, stage_args,
-                              stage_params)
+from netunits.models.registry import get_architecture
+from netunits.runtime import check_fits, resolve_compute, run_stage, stage_args, stage_config
+from netunits.stage_table import stage_paths
 
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params = stage_params("extract_features", args)
-    checkpoint_path = args.run_dir / "artifacts/train/model.pt"
-    out_dir = args.run_dir / "artifacts/features"
-    outputs = {split: out_dir / f"{split}.pt" for split in ("train", "test")}
+    config = stage_config(args, "extract_features", "compute")
+    params, source = config.extract_features, config.source
+    paths = stage_paths("extract_features", args.run_dir)
+    checkpoint_path = paths["model"]
+    outputs = {"train": paths["train_features"], "test": paths["test_features"]}
+    out_dir = paths["train_features"].parent
     remove_stale_temps(*outputs.values())
-    device = choose_device(params["device"], "extract_features.device")
-    precision = choose_precision(params["precision"], device, "extract_features.precision")
-    set_threads(params["threads"])
+    runtime = resolve_compute(config.compute, analysis=False, source=source)
+    device, precision = runtime.device, runtime.precision
     model, checkpoint = load_checkpoint(checkpoint_path)
     # channels_last weights, as training evaluates with: the checkpoint stores contiguous ones,
     # which the matrix-product convolutions would copy into their layout for every batch. In
     # bf16 the features keep every bit (tested); in fp32 oneDNN picks other kernels.
     model.to(device, memory_format=torch.channels_last)
-    subsets = {split: load_prepared(args.run_dir / f"data/prepared/{split}.pt") for split in outputs}
-    layers, spec = params["layers"], checkpoint["input"]
+    subsets = {"train": load_prepared(paths["train_set"]), "test": load_prepared(paths["test_set"])}
+    layers, spec = params.layers, checkpoint["input"]
     for split, subset in subsets.items():
         if subset["image_size"] != checkpoint["image_size"]:
-            raise PipelineError(f"{args.run_dir / 'data/prepared'}/{split}.pt: images are {subset['image_size']} "
+            raise PipelineError(f"{paths[split + '_set']}: images are {subset['image_size']} "
                                 f"px but {checkpoint_path} was trained on {checkpoint['image_size']} px; "
                                 f"rerun `dvc repro`")
     # one image through the hooks: the units per layer, for the size check, and a bad layer name
     # fails here, before anything is written
-    probe, _ = pooled_features(model, subsets["test"]["images"][:1], layers, 1, device, precision, spec)
+    probe, _ = pooled_features(model, subsets["test"]["images"][:1], layers, 1, device, precision, spec,
+                               source=source)
+    pooled = get_architecture(checkpoint["arch"]).pooled_layer
+    if pooled not in params.layers:
+        raise PipelineError(f"{source}: 'extract_features.layers' is {params.layers!r}; it must include {pooled}, "
+                            f"the layer whose units ROF and the influential filters read (the final layer's input)")
     n_samples = sum(len(s["labels"]) for s in subsets.values())
     n_values = sum(f.shape[1] for f in probe.values()) + checkpoint["n_classes"]
     check_fits(n_samples * n_values * 4, out_dir, "the features")
     for split, path in outputs.items():
         subset = subsets[split]
-        features, logits = pooled_features(model, subset["images"], layers, params["batch_size"], device,
+        features, logits = pooled_features(model, subset["images"], layers, params.batch_size, device,
                                            precision, spec, split)
         accuracy = float((logits.argmax(1) == subset["labels"]).double().mean())
         extra = {"clean_labels": subset["clean_labels"]} if "clean_labels" in subset else {}

@@ -15,7 +15,9 @@ from netunits.errors import PipelineError
 from netunits.files import load_checked, read_csv, read_json, remove_stale_temps, write_csv, write_json
 from netunits.methods import influence
 from netunits.models.checkpoint import load_checkpoint_file
-from netunits.runtime import run_stage, stage_args, stage_params
+from netunits.models.registry import get_architecture
+from netunits.runtime import run_stage, stage_args, stage_config
+from netunits.stage_table import stage_paths
 
 FEATURE_KEYS = {"features": lambda v: isinstance(v, dict), "labels": lambda v: isinstance(v, torch.Tensor),
                 "logits": lambda v: isinstance(v, torch.Tensor), "checkpoint_sha256": lambda v: isinstance(v, str)}
@@ -25,14 +27,10 @@ def load_subset(path, layer, checkpoint, n_units):
     data = load_checked(path, FEATURE_KEYS, "features file")
     if data["checkpoint_sha256"] != checkpoint["sha256"]:
         raise PipelineError(f"{path}: extracted from a different checkpoint; rerun `dvc repro extract_features`")
-    if layer not in data["features"]:
-        raise PipelineError(f"params.yaml: 'influence.layer' is {layer!r} but {path} holds "
-                            f"{', '.join(data['features'])}; add it to 'extract_features.layers'")
+    if layer not in data["features"] or data["features"][layer].shape[1] != n_units:
+        raise PipelineError(f"{path}: holds no features of {layer} with the {n_units} units the final layer reads; "
+                            f"rerun `dvc repro extract_features`")
     features = data["features"][layer]
-    if features.shape[1] != n_units:
-        raise PipelineError(f"params.yaml: 'influence.layer' is {layer!r}, whose {features.shape[1]} units the final "
-                            f"layer does not read (it takes {n_units}); the class sets need the layer whose pooled "
-                            f"output feeds the final layer (avgpool)")
     if data["logits"].shape[1] != checkpoint["n_classes"] or int(data["labels"].max()) >= checkpoint["n_classes"]:
         raise PipelineError(f"{path}: labels or logits do not fit the checkpoint's {checkpoint['n_classes']} classes; "
                             f"rerun `dvc repro`")
@@ -41,41 +39,39 @@ def load_subset(path, layer, checkpoint, n_units):
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params = stage_params("influence", args)
-    run = args.run_dir
-    out_dir, metrics_path = run / "artifacts/influence", run / "artifacts/metrics/influence.json"
-    outputs = [out_dir / name for name in ("sets.json", "by_k.csv", "by_class.csv", "units.csv")] + [metrics_path]
-    remove_stale_temps(*outputs)
-    checkpoint = load_checkpoint_file(run / "artifacts/train/model.pt")
+    config = stage_config(args, "influence")
+    params, source = config.influence, config.source
+    paths = stage_paths("influential_filters", args.run_dir)
+    metrics_path = paths["influence_metrics"]
+    remove_stale_temps(*(paths[name] for name in ("influence_sets", "influence_by_k", "influence_by_class",
+                                                  "influence_units", "influence_metrics")))
+    checkpoint = load_checkpoint_file(paths["model"])
+    layer = get_architecture(checkpoint["arch"]).pooled_layer
     weight, bias = checkpoint["state_dict"]["fc.weight"], checkpoint["state_dict"]["fc.bias"]
     n_classes, n_units = weight.shape
     if n_classes != checkpoint["n_classes"] or n_classes < 2:
-        raise PipelineError(f"{run / 'artifacts/train/model.pt'}: records {checkpoint['n_classes']} classes but its "
+        raise PipelineError(f"{paths['model']}: records {checkpoint['n_classes']} classes but its "
                             f"final layer has {n_classes}; rebuild it with `dvc repro -f train`")
-    too_large = [k for k in params["k"] + [params["k_image"]] if k != "same" and k > n_units]
+    too_large = [k for k in params.k + [params.k_image] if k != "same" and k > n_units]
     if too_large:
-        raise PipelineError(f"params.yaml: 'influence.k' or 'influence.k_image' is {too_large[0]} but "
-                            f"{params['layer']} has only {n_units} units")
-    if params["table_k"] not in params["k"]:
-        raise PipelineError(f"params.yaml: 'influence.table_k' is {params['table_k']}; it must be one of "
-                            f"influence.k ({', '.join(map(str, params['k']))})")
-    train_f, train_y, _ = load_subset(run / "artifacts/features/train.pt", params["layer"], checkpoint, n_units)
-    test_f, test_y, test_logits = load_subset(run / "artifacts/features/test.pt", params["layer"], checkpoint,
-                                              n_units)
-    units = read_json(run / "artifacts/rof/units.json")
-    roles = read_csv(run / "artifacts/rof/unit_roles.csv", numeric=False)
+        raise PipelineError(f"{source}: 'influence.k' or 'influence.k_image' is {too_large[0]} but "
+                            f"{layer} has only {n_units} units")
+    train_f, train_y, _ = load_subset(paths["train_features"], layer, checkpoint, n_units)
+    test_f, test_y, test_logits = load_subset(paths["test_features"], layer, checkpoint, n_units)
+    units = read_json(paths["rof_units"])
+    roles = read_csv(paths["rof_roles"], numeric=False)
     if len(roles["unit"]) != n_units:
-        raise PipelineError(f"{run / 'artifacts/rof/unit_roles.csv'}: {len(roles['unit'])} units, the final layer "
+        raise PipelineError(f"{paths['rof_roles']}: {len(roles['unit'])} units, the final layer "
                             f"reads {n_units}; rerun `dvc repro rof_sweep`")
     definition = units["turning_point"]
     u0 = {(subset, metric): set(units["subsets"][subset]["U0"][definition][metric])
           for subset in ("train", "test") for metric in ("acc", "loss")}
 
     full = influence.decomposed_logits(test_f, weight, bias, torch.ones(n_classes, n_units, dtype=torch.bool))
-    metrics = {"layer": params["layer"], "n_units": n_units, "accuracy_model": influence.accuracy(test_logits, test_y),
+    metrics = {"layer": layer, "n_units": n_units, "accuracy_model": influence.accuracy(test_logits, test_y),
                "accuracy_full": influence.accuracy(full, test_y), "by_k": {}}
-    results = influence.sweep(train_f, train_y, test_f, test_y, weight, bias, params["k"], params["k_image"],
-                              params["noise_seed"])
+    results = influence.sweep(train_f, train_y, test_f, test_y, weight, bias, params.k, params.k_image,
+                              params.noise_seed)
     full_predictions = full.argmax(dim=1)
     by_k, by_class, all_sets = [], [], {}
     for k, r in results.items():
@@ -105,18 +101,18 @@ def main(argv=None):
                 "units": ";".join(map(str, members)),
                 "roles_acc": ";".join(roles["category_acc"][u] for u in members)})
     influential_for = {u: [] for u in range(n_units)}
-    for c, entry in all_sets[str(params["table_k"])].items():
+    for c, entry in all_sets[str(params.table_k)].items():
         for u in entry["units"]:
             influential_for[u].append(c)
-    write_json({"layer": params["layer"], "k_image": params["k_image"], "sets": all_sets}, out_dir / "sets.json")
-    write_csv(by_k, out_dir / "by_k.csv")
-    write_csv(by_class, out_dir / "by_class.csv")
+    write_json({"layer": layer, "k_image": params.k_image, "sets": all_sets}, paths["influence_sets"])
+    write_csv(by_k, paths["influence_by_k"])
+    write_csv(by_class, paths["influence_by_class"])
     write_csv([{"unit": u, "rank_train": roles["rank_train"][u], "rank_test": roles["rank_test"][u],
                 "category_acc": roles["category_acc"][u], "category_loss": roles["category_loss"][u],
-                f"influential_for_k{params['table_k']}": ";".join(influential_for[u])} for u in range(n_units)],
-              out_dir / "units.csv")
+                f"influential_for_k{params.table_k}": ";".join(influential_for[u])} for u in range(n_units)],
+              paths["influence_units"])
     write_json(metrics, metrics_path)
-    print(f"{params['layer']}: accuracy {metrics['accuracy_full']:.4f} with the full final layer; decomposed: "
+    print(f"{layer}: accuracy {metrics['accuracy_full']:.4f} with the full final layer; decomposed: "
           + ", ".join(f"k={r['k']} {r['accuracy_decomposed']:.4f}" for r in by_k))
 
 

@@ -6,27 +6,29 @@ artifacts/plots/rof_curve_turning_points.{pdf,png} and artifacts/plots/unit_cate
 """
 from netunits.files import read_csv, read_json, remove_stale_temps
 from netunits.plots import category_figure, close, model_label, rof_figure, save_figure
-from netunits.runtime import run_stage, stage_args, stage_params
+from netunits.models.registry import get_architecture
+from netunits.runtime import run_stage, stage_args, stage_config
+from netunits.stage_table import stage_paths
 
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params = stage_params("plot", args)
-    label = model_label(stage_params("train", args)["arch"], stage_params("rof", args)["layer"])
-    rof_dir, out_dir = args.run_dir / "artifacts/rof", args.run_dir / "artifacts/plots"
-    rof_pdf, rof_png = out_dir / "rof_curve_turning_points.pdf", out_dir / "rof_curve_turning_points.png"
-    category_png = out_dir / "unit_categories.png"
+    config = stage_config(args, "plot", "train")
+    params, arch = config.plot, config.train.arch
+    label = model_label(arch, get_architecture(arch, source=config.source).pooled_layer)
+    paths = stage_paths("plot", args.run_dir)
+    rof_pdf, rof_png, category_png = paths["rof_figure_pdf"], paths["rof_figure"], paths["categories_figure"]
     remove_stale_temps(rof_pdf, rof_png, category_png)
-    curves = {s: read_csv(rof_dir / f"curve_{s}.csv") for s in ("train", "test")}
-    rof_metrics = read_json(args.run_dir / "artifacts/metrics/rof.json")
-    baseline = read_json(args.run_dir / "artifacts/metrics/train.json")["baseline_accuracy"]
-    ranking = read_json(rof_dir / "units.json")["ranking"]
+    curves = {s: read_csv(paths[f"rof_curve_{s}"]) for s in ("train", "test")}
+    rof_metrics = read_json(paths["rof_metrics"])
+    baseline = read_json(paths["train_metrics"])["baseline_accuracy"]
+    ranking = read_json(paths["rof_units"])["ranking"]
     figure = rof_figure(curves, rof_metrics, baseline, ranking, label)
-    save_figure(figure, rof_pdf, params["dpi"])
-    save_figure(figure, rof_png, params["dpi"])
+    save_figure(figure, rof_pdf, params.dpi)
+    save_figure(figure, rof_png, params.dpi)
     close(figure)
     figure = category_figure(rof_metrics["taxonomy"], int(curves["train"]["n_units"][-1]))
-    save_figure(figure, category_png, params["dpi"])
+    save_figure(figure, category_png, params.dpi)
     close(figure)
     print(f"wrote {rof_pdf}, {rof_png} and {category_png}")
 

@@ -18,30 +18,32 @@ from netunits.data.subsets import resize_uint8, select_indices
 from netunits.errors import PipelineError
 from netunits.files import remove_stale_temps, save_torch
 from netunits.plots import close, probe_figure, save_figure
-from netunits.runtime import check_fits, run_stage, stage_args, stage_params
+from netunits.runtime import check_fits, run_stage, stage_args, stage_config
+from netunits.stage_table import stage_paths
 
 
-def mnist_probe(params, data):
-    spec = get_dataset(data["dataset"])
+def mnist_probe(params, data, source):
+    spec = get_dataset(data.dataset, source=source)
     if spec.name != "mnist":
-        raise PipelineError(f"params.yaml: 'probe.source' is 'mnist' but 'data.dataset' is {spec.name!r}; the "
+        raise PipelineError(f"{source}: 'probe.source' is 'mnist' but 'data.dataset' is {spec.name!r}; the "
                             f"computed concepts are those of handwritten digits")
-    left = spec.split_sizes["test"] - data["test_size"]
-    if params["size"] > left:
-        raise PipelineError(f"params.yaml: 'probe.size' is {params['size']}; after the {data['test_size']} ROF "
+    left = spec.split_sizes["test"] - data.test_size
+    if params.size > left:
+        raise PipelineError(f"{source}: 'probe.size' is {params.size}; after the {data.test_size} ROF "
                             f"test digits the test split has {left} left")
-    images, labels = spec.load(data["source"], data["dir"], "data/raw")["test"]
+    images, labels = spec.load(data.source, data.dir, "data/raw")["test"]
     # the first digits that the ROF test subset does not use (with selection first: those after it)
-    used = select_indices(labels, data["test_size"], data["selection"], data["seed"], "data.test_size", spec.n_classes)
+    used = select_indices(labels, data.test_size, data.selection, data.seed, "data.test_size", spec.n_classes,
+                          source)
     free = torch.ones(len(labels), dtype=torch.bool)
     free[used] = False
-    indices = torch.nonzero(free).flatten()[:params["size"]]
+    indices = torch.nonzero(free).flatten()[:params.size]
     images, labels = images[indices], labels[indices]
-    greys = resize_uint8(images, params["mask_size"])[:, 0].float().numpy() / 255.0
+    greys = resize_uint8(images, params.mask_size)[:, 0].float().numpy() / 255.0
     masks, image_labels = concept_annotations(greys, labels.numpy())
     categories = list(dict.fromkeys(c[1] for c in CONCEPTS))
-    return {"images": resize_uint8(images, data["image_size"]), "labels": labels.clone(),
-            "indices": indices, "mask_size": params["mask_size"],
+    return {"images": resize_uint8(images, data.image_size), "labels": labels.clone(),
+            "indices": indices, "mask_size": params.mask_size,
             "pixel_masks": pack_masks(masks), "image_labels": torch.from_numpy(image_labels),
             "annotated": torch.ones(len(labels), len(categories), dtype=torch.bool),
             "concepts": [{"name": n, "category": c, "level": lv, "description": d} for n, c, lv, d in CONCEPTS],
@@ -50,15 +52,17 @@ def mnist_probe(params, data):
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params, data = stage_params("probe", args), stage_params("data", args)
-    out, figure_path = args.run_dir / "data/probe/probe.pt", args.run_dir / "artifacts/plots/probe_concepts.png"
+    config = stage_config(args, "probe", "data")
+    params, data, source = config.probe, config.data, config.source
+    paths = stage_paths("probe_concepts", args.run_dir)
+    out, figure_path = paths["probe"], paths["probe_figure"]
     remove_stale_temps(out, figure_path)
-    check_fits(params["size"] * (3 * data["image_size"] ** 2 + len(CONCEPTS) * params["mask_size"] ** 2), out.parent,
+    check_fits(params.size * (3 * data.image_size ** 2 + len(CONCEPTS) * params.mask_size ** 2), out.parent,
                "the probe set")
-    if params["source"] == "mnist":
-        probe, masks = mnist_probe(params, data)
+    if params.source == "mnist":
+        probe, masks = mnist_probe(params, data, source)
     else:
-        probe, masks = load_broden(params["dir"], data["image_size"], params["mask_size"], params["size"])
+        probe, masks = load_broden(params.dir, data.image_size, params.mask_size, params.size, source)
         probe["pixel_masks"] = pack_masks(masks)
     save_torch(probe, out)
     shown = probe["images"][:6].permute(0, 2, 3, 1).numpy()
@@ -68,7 +72,7 @@ def main(argv=None):
     close(figure)
     n_pixel = masks.shape[1]
     shares = masks.reshape(*masks.shape[:2], -1).mean(axis=(0, 2))
-    print(f"probe: {len(probe['labels'])} digits at {data['image_size']} px, masks at {params['mask_size']} px; "
+    print(f"probe: {len(probe['labels'])} digits at {data.image_size} px, masks at {params.mask_size} px; "
           + ", ".join(f"{c['name']} {s:.3f}" for c, s in zip(probe["concepts"], shares)))
     print("image-level concepts: " + ", ".join(
         f"{c['name']} {int(n)}" for c, n in zip(probe["concepts"][n_pixel:], probe["image_labels"].sum(0))))

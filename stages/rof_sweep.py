@@ -14,7 +14,9 @@ from netunits.files import load_checked, remove_stale_temps, write_csv, write_js
 from netunits.methods.rof import (CATEGORIES, DEFINITIONS, METRIC_NAMES, RANKINGS, SUBSETS, area_under_curve,
                                   build_taxonomy, category_counts, sweep_subset, unit_l1_norms)
 from netunits.models.checkpoint import load_checkpoint_file
-from netunits.runtime import run_stage, stage_args, stage_params
+from netunits.models.registry import get_architecture
+from netunits.runtime import run_stage, stage_args, stage_config
+from netunits.stage_table import stage_paths
 
 FEATURE_KEYS = {
     "features": lambda v: isinstance(v, dict) and all(isinstance(t, torch.Tensor) and t.dim() == 2
@@ -25,27 +27,24 @@ FEATURE_KEYS = {
 }
 
 
-def load_inputs(run_dir, layer):
-    """(fc weight, fc bias, {subset: features dict with the layer's features under 'units'})."""
-    checkpoint_path = run_dir / "artifacts/train/model.pt"
+def load_inputs(paths):
+    """(fc weight, fc bias, {subset: features dict with the pooled layer's features under 'units'})."""
+    checkpoint_path = paths["model"]
     checkpoint = load_checkpoint_file(checkpoint_path)
+    layer = get_architecture(checkpoint["arch"]).pooled_layer
     weight, bias = checkpoint["state_dict"]["fc.weight"], checkpoint["state_dict"]["fc.bias"]
     subsets = {}
     for name in SUBSETS:
-        path = run_dir / f"artifacts/features/{name}.pt"
+        path = paths[f"{name}_features"]
         data = load_checked(path, FEATURE_KEYS, "features file")
         if data["checkpoint_sha256"] != checkpoint["sha256"]:
             raise PipelineError(f"{path}: extracted from a different checkpoint than {checkpoint_path}; "
                                 f"rerun `dvc repro extract_features`")
-        if layer not in data["features"]:
-            raise PipelineError(f"params.yaml: 'rof.layer' is {layer!r} but {path} holds "
-                                f"{', '.join(data['features'])}; add it to 'extract_features.layers'")
+        if layer not in data["features"] or data["features"][layer].shape[1] != weight.shape[1]:
+            raise PipelineError(f"{path}: holds no features of {layer} with the {weight.shape[1]} units the final "
+                                f"layer reads; rerun `dvc repro extract_features`")
         units = data["features"][layer]
         n = len(units)
-        if units.shape[1] != weight.shape[1]:
-            raise PipelineError(f"params.yaml: 'rof.layer' is {layer!r}, whose {units.shape[1]} units the final "
-                                f"layer does not read (it takes {weight.shape[1]}); ROF needs the layer whose "
-                                f"pooled output feeds the final layer (avgpool)")
         if len(data["labels"]) != n or data["logits"].shape != (n, weight.shape[0]):
             raise PipelineError(f"{path}: shapes do not match {checkpoint_path} (features {tuple(units.shape)}, "
                                 f"fc {tuple(weight.shape)}); rerun `dvc repro extract_features`")
@@ -55,17 +54,17 @@ def load_inputs(run_dir, layer):
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    params = stage_params("rof", args)
-    out_dir, metrics_path = args.run_dir / "artifacts/rof", args.run_dir / "artifacts/metrics/rof.json"
-    outputs = [out_dir / "curve_train.csv", out_dir / "curve_test.csv", out_dir / "units.json",
-               out_dir / "unit_roles.csv", out_dir / "category_counts.csv", metrics_path]
-    remove_stale_temps(*outputs)
-    weight, bias, subsets = load_inputs(args.run_dir, params["layer"])
-    ranking = params["ranking"]
-    curves = {name: sweep_subset(s["units"], s["labels"], s["logits"], weight, bias, params["seed"])
+    params = stage_config(args, "rof").rof
+    paths = stage_paths("rof_sweep", args.run_dir)
+    metrics_path = paths["rof_metrics"]
+    remove_stale_temps(*(paths[name] for name in ("rof_curve_train", "rof_curve_test", "rof_units", "rof_roles",
+                                                  "rof_counts", "rof_metrics")))
+    weight, bias, subsets = load_inputs(paths)
+    ranking = params.ranking
+    curves = {name: sweep_subset(s["units"], s["labels"], s["logits"], weight, bias, params.seed)
               for name, s in subsets.items()}
-    points, categories, u0, degenerate = build_taxonomy(curves, ranking, params["acc_tolerance"],
-                                                        params["loss_tolerance"])
+    points, categories, u0, degenerate = build_taxonomy(curves, ranking, params.acc_tolerance,
+                                                        params.loss_tolerance)
 
     for name in SUBSETS:
         c = curves[name]
@@ -76,9 +75,9 @@ def main(argv=None):
                 row[f"accuracy_{r}"] = float(c[r]["accuracy"][n])
                 row[f"loss_{r}"] = float(c[r]["loss"][n])
             rows.append(row)
-        write_csv(rows, out_dir / f"curve_{name}.csv")
+        write_csv(rows, paths[f"rof_curve_{name}"])
 
-    chosen = params["turning_point"]
+    chosen = params.turning_point
     l1 = {name: unit_l1_norms(subsets[name]["units"]) for name in SUBSETS}
     rank = {}
     for name in SUBSETS:
@@ -87,10 +86,10 @@ def main(argv=None):
     write_csv([{"unit": u, "l1_train": float(l1["train"][u]), "l1_test": float(l1["test"][u]),
                 "rank_train": int(rank["train"][u]) + 1, "rank_test": int(rank["test"][u]) + 1,
                 "category_acc": categories[(chosen, "acc")][u], "category_loss": categories[(chosen, "loss")][u]}
-               for u in range(len(l1["train"]))], out_dir / "unit_roles.csv")
+               for u in range(len(l1["train"]))], paths["rof_roles"])
     counts = {key: category_counts(cats) for key, cats in categories.items()}
     write_csv([{"category": cat, "acc": counts[(chosen, "acc")][cat], "loss": counts[(chosen, "loss")][cat]}
-               for cat in CATEGORIES], out_dir / "category_counts.csv")
+               for cat in CATEGORIES], paths["rof_counts"])
 
     units = {"ranking": ranking, "turning_point": chosen, "subsets": {}}
     for name in SUBSETS:
@@ -100,7 +99,7 @@ def main(argv=None):
             "U0": {d: {m: torch.nonzero(u0[(d, m)][name]).flatten().tolist() for m in METRIC_NAMES}
                    for d in DEFINITIONS},
         }
-    write_json(units, out_dir / "units.json")
+    write_json(units, paths["rof_units"])
 
     metrics = {}
     for name in SUBSETS:

@@ -9,41 +9,34 @@ and artifacts/metrics/study.json (Pearson and Spearman correlation of each role'
 the generalization gap, over all runs).
 """
 import math
-from pathlib import Path
 
 from netunits.errors import PipelineError
 from netunits.files import read_json, remove_stale_temps, write_csv, write_json, write_text
 from netunits.methods.rof import CATEGORIES, METRIC_NAMES
 from netunits.plots import close, ratios_figure, save_figure
-from netunits.runtime import run_stage, stage_args, stage_params
+from netunits.runtime import run_stage, stage_args, stage_config
+from netunits.stage_table import stage_paths, study_cell
 from netunits.study import correlations, markdown_table, summary_row
-
-RUNS_DIR = Path("artifacts/study/runs")
-
-
-def run_dir(label_noise, seed):
-    """A cell's folder; study/dvc.yaml spells the same name."""
-    return RUNS_DIR / f"noise{label_noise}_seed{seed}"
-
 
 def main(argv=None):
     args = stage_args(__doc__.splitlines()[0], argv)
-    grid, params = stage_params("grid", args), stage_params("aggregate", args)
-    out_dir, metrics_path = args.run_dir / "artifacts/study", args.run_dir / "artifacts/metrics/study.json"
-    outputs = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "ratios_vs_gap.png", metrics_path]
-    remove_stale_temps(*outputs)
+    config = stage_config(args, "grid", "aggregate")
+    grid, params = config.grid, config.aggregate
+    paths = stage_paths("study_aggregate", args.run_dir)
+    metrics_path = paths["study_metrics"]
+    remove_stale_temps(paths["study_summary"], paths["study_table"], paths["study_figure"], metrics_path)
     rows = []
-    for noise in grid["label_noise"]:
-        for seed in grid["seeds"]:
-            path = args.run_dir / run_dir(noise, seed) / "artifacts/metrics/rof.json"
+    for noise in grid.label_noise:
+        for seed in grid.seeds:
+            path = stage_paths("rof_sweep", study_cell(args.run_dir, noise, seed))["rof_metrics"]
             if not path.exists():
                 raise PipelineError(f"{path}: missing; run `make study` (dvc repro study/dvc.yaml)")
-            rows.append(summary_row(noise, seed, read_json(path), params["turning_point"]))
+            rows.append(summary_row(noise, seed, read_json(path), params.turning_point))
     corr = correlations(rows)
-    write_csv(rows, out_dir / "summary.csv")
-    write_text(markdown_table(rows, grid["label_noise"]), out_dir / "summary.md")
-    figure = ratios_figure(rows, grid["label_noise"], params["turning_point"], corr)
-    save_figure(figure, out_dir / "ratios_vs_gap.png", params["dpi"])
+    write_csv(rows, paths["study_summary"])
+    write_text(markdown_table(rows, grid.label_noise), paths["study_table"])
+    figure = ratios_figure(rows, grid.label_noise, params.turning_point, corr)
+    save_figure(figure, paths["study_figure"], params.dpi)
     close(figure)
     # NaN is not JSON: an undefined correlation is written as null
     write_json({"n_runs": len(rows),

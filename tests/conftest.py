@@ -25,6 +25,7 @@ TINY_PARAMS["extract_features"].update(batch_size=100)
 TINY_PARAMS["plot"].update(dpi=50)
 TINY_PARAMS["probe"].update(size=60, mask_size=16)
 TINY_PARAMS["dissect"].update(batch_size=30)
+TINY_PARAMS["compose"].update(batch_size=30)
 TINY_PARAMS["clip_dissect"].update(soft_wpmi_top_k=10, wpmi_top_k=5, batch_size=30)  # 60 probe images
 
 

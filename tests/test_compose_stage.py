@@ -23,7 +23,7 @@ def dense_unit_masks(layer, size):
     thresholds = torch.load("artifacts/dissect/tallies.pt", weights_only=False)["per_layer"][layer]["thresholds"]
     masks = None
     device = torch.device("cpu")
-    precision = choose_precision(TINY_PARAMS["dissect"]["precision"], device, "dissect.precision")  # the stage's
+    precision = choose_precision(TINY_PARAMS["compute"]["precision"], device, analysis=True)  # the stage's
     for start, outputs, _ in iterate_activations(model, probe["images"], [layer], 30, device, precision,
                                                  checkpoint["input"]):
         maps = outputs[layer]

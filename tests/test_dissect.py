@@ -61,9 +61,14 @@ def test_bad_layer_and_rof_layer_are_one_line(dissected, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: params.yaml: 'dissect.layers' is 'layer9'; the model's layers are conv1") and \
         err.count("\n") == 1
-    write_params(dissected, tiny_params(dissect={"rof_layer": "layer3"}))
-    assert run_main(dissect_report.main) == 2
-    assert "'dissect.rof_layer' is 'layer3', whose 256 units are not ROF's 512" in capsys.readouterr().err
+    tallies = (dissected / "artifacts/dissect/tallies.pt").read_bytes()
+    write_params(dissected, tiny_params(dissect={"layers": ["layer2", "layer3"]}))
+    try:
+        assert run_main(dissect.main) == 0 and run_main(dissect_report.main) == 2
+        assert capsys.readouterr().err.endswith("'dissect.layers' is ['layer2', 'layer3']; it must include layer4, "
+                                                "the block of resnet18 whose channels are ROF's units\n")
+    finally:
+        (dissected / "artifacts/dissect/tallies.pt").write_bytes(tallies)
     write_params(dissected, tiny_params(probe={"size": 9900}))
     assert run_main(probe_concepts.main) == 2
     assert "'probe.size' is 9900; after the 200 ROF test digits the test split has 9800 left" in \

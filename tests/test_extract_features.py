@@ -35,8 +35,8 @@ def test_stage_outputs_match_the_checkpoint(project):
 
 
 def test_several_layers_are_extracted_and_avgpool_is_layer4s_mean(project):
-    write_params(project, tiny_params(extract_features={"layers": ["layer2", "layer4", "avgpool"],
-                                                        "precision": "fp32"}))
+    write_params(project, tiny_params(extract_features={"layers": ["layer2", "layer4", "avgpool"]},
+                                      compute={"precision": "fp32"}))
     assert run_main(extract_features.main) == 0
     data = torch.load("artifacts/features/test.pt", weights_only=True)
     assert [f.shape for f in data["features"].values()] == [(200, 128), (200, 512), (200, 512)]
@@ -50,6 +50,13 @@ def test_an_unknown_layer_is_refused_before_writing(project, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: params.yaml: 'extract_features.layers' is 'layer5'; the model's layers are conv1, "
                           "bn1, relu, maxpool, layer1, layer2, layer3, layer4, avgpool, fc") and err.count("\n") == 1
+    assert not (project / "artifacts/features/test.pt").exists()
+    # the pooled layer (the final layer's input, from the architecture registry) must be there
+    write_params(project, tiny_params(extract_features={"layers": ["layer4"]}))
+    assert run_main(extract_features.main) == 2
+    assert capsys.readouterr().err == ("error: params.yaml: 'extract_features.layers' is ['layer4']; it must include "
+                                       "avgpool, the layer whose units ROF and the influential filters read (the final "
+                                       "layer's input)\n")
     assert not (project / "artifacts/features/test.pt").exists()
 
 

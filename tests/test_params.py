@@ -1,4 +1,4 @@
-"""netunits.params: the schema, its one-line messages, and --set overrides."""
+"""netunits.params: the pydantic sections, their one-line messages, and --set overrides."""
 import pytest
 import yaml
 
@@ -6,14 +6,16 @@ from conftest import ROOT, TINY_PARAMS, tiny_params
 from netunits.errors import PipelineError
 from netunits.params import apply_overrides, load_params, validate_params
 
-PIPELINE_SECTIONS = ("data", "train", "extract_features", "rof", "plot")
+PIPELINE_SECTIONS = ("compute", "data", "train", "extract_features", "rof", "plot")
 
 
 def test_default_tiny_and_study_params_are_valid():
-    validate_params(yaml.safe_load((ROOT / "params.yaml").read_text()), PIPELINE_SECTIONS)
+    params = load_params(ROOT / "params.yaml", required=PIPELINE_SECTIONS)
+    assert params.rof.ranking == "l1" and params.compute.precision == "auto" and params.source.endswith("params.yaml")
     validate_params(TINY_PARAMS, PIPELINE_SECTIONS)
+    load_params(ROOT / "cifar/params.yaml", required=PIPELINE_SECTIONS)
     for study in ("study/params.yaml", "study/profiles/gpu.yaml"):
-        validate_params(yaml.safe_load((ROOT / study).read_text()), ("grid", "data", "train", "aggregate"))
+        load_params(ROOT / study, required=("grid", "compute", "data", "train", "aggregate"))
 
 
 @pytest.mark.parametrize("section,key,value,message", [
@@ -33,8 +35,14 @@ def test_default_tiny_and_study_params_are_valid():
     ("data", "label_noise", 0.95, "'data.label_noise' is 0.95; it must be a number in [0, 0.9]"),
     ("data", "source", "kaggle", "'data.source' is 'kaggle'; it must be one of packaged, torchvision, idx, jpeg, batches"),
     ("data", "selection", "random", "'data.selection' is 'random'; it must be one of first, stratified"),
-    ("train", "device", "tpu", "'train.device' is 'tpu'; it must be auto, cpu, cuda, cuda:N or mps"),
-    ("train", "precision", "fp16", "'train.precision' is 'fp16'; it must be one of auto, fp32, bf16"),
+    ("compute", "device", "tpu", "'compute.device' is 'tpu'; it must be auto, cpu, cuda, cuda:N or mps"),
+    ("compute", "device", "cuda:x", "'compute.device' is 'cuda:x'"),
+    ("compute", "precision", "fp16", "'compute.precision' is 'fp16'; it must be one of auto, fp32, bf16"),
+    ("compute", "threads", 0, "'compute.threads' is 0; it must be auto or an integer from 1 to 256"),
+    ("compose", "connectors", ["OR", "XOR"], "'compose.connectors' is ['OR', 'XOR']; it must be a non-empty list"),
+    ("compose", "batch_size", 0, "'compose.batch_size' is 0; it must be an integer from 1 to 65536"),
+    ("influence", "table_k", 7, "'influence.table_k' is 7; it must be one of influence.k (5, 10, 15, 20, 25, 30, 35)"),
+    ("grid", "label_noise", [0.0, 1.5], "'grid.label_noise' is [0.0, 1.5]; it must be a non-empty list"),
     ("extract_features", "layers", [], "'extract_features.layers' is []; it must be a non-empty list"),
     ("extract_features", "layers", ["avgpool", "avgpool"], "'extract_features.layers' is ['avgpool', 'avgpool']"),
     ("rof", "ranking", "l2", "'rof.ranking' is 'l2'; it must be one of l1, random, ascending"),
@@ -46,8 +54,10 @@ def test_default_tiny_and_study_params_are_valid():
 ])
 def test_bad_values_are_named_with_what_is_allowed(section, key, value, message):
     with pytest.raises(PipelineError) as info:
-        validate_params(tiny_params(**{section: {key: value}}))
-    assert message in str(info.value)
+        params = {**tiny_params(), "grid": {"label_noise": [0.0], "seeds": [0]}}
+        params[section] = {**params[section], key: value}
+        validate_params(params, source="some/params.yaml")
+    assert str(info.value).startswith("some/params.yaml: " + message)
     assert "\n" not in str(info.value)
 
 
@@ -55,6 +65,18 @@ def test_unknown_and_missing_keys_and_sections():
     params = tiny_params()
     params["train"]["epoch"] = 3
     with pytest.raises(PipelineError, match="unknown key 'train.epoch'; allowed keys: arch, weights"):
+        validate_params(params)
+    params = tiny_params()
+    params["train"]["device"] = "cpu"           # the device is compute's, for every stage
+    with pytest.raises(PipelineError, match="unknown key 'train.device'"):
+        validate_params(params)
+    params = tiny_params()
+    params["rof"]["layer"] = "avgpool"          # the registry's, from the checkpoint's architecture
+    with pytest.raises(PipelineError, match="unknown key 'rof.layer'; allowed keys: ranking, turning_point"):
+        validate_params(params)
+    params = tiny_params()
+    params["rof"] = None
+    with pytest.raises(PipelineError, match="section 'rof' is not a mapping; it needs the keys ranking"):
         validate_params(params)
     params = tiny_params()
     del params["rof"]["seed"]
@@ -74,20 +96,33 @@ def test_unknown_and_missing_keys_and_sections():
 def test_load_params_reports_bad_yaml(tmp_path):
     (tmp_path / "params.yaml").write_text("data: [unclosed\n")
     with pytest.raises(PipelineError, match="params.yaml: not valid YAML"):
-        load_params("data", tmp_path / "params.yaml")
+        load_params(tmp_path / "params.yaml")
     with pytest.raises(PipelineError, match="file not found"):
-        load_params("data", tmp_path / "absent.yaml")
+        load_params(tmp_path / "absent.yaml")
 
 
 def test_overrides_are_parsed_as_yaml_and_validated(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(TINY_PARAMS))
-    data = load_params("data", path, ["data.label_noise=0.2", "data.seed=3"])
-    assert data["label_noise"] == 0.2 and data["seed"] == 3
+    data = load_params(path, ["data.label_noise=0.2", "data.seed=3"], ("data",)).data
+    assert data.label_noise == 0.2 and data.seed == 3
     assert TINY_PARAMS["data"]["seed"] == 0                      # the loaded file, not the dict, changed
     with pytest.raises(PipelineError, match=r"'data.label_noise' is 2; it must be a number in \[0, 0.9\]"):
-        load_params("data", path, ["data.label_noise=2"])
+        load_params(path, ["data.label_noise=2"])
     with pytest.raises(PipelineError, match="has no key 'data.nosie' to override"):
-        load_params("data", path, ["data.nosie=0.2"])
+        load_params(path, ["data.nosie=0.2"])
     with pytest.raises(PipelineError, match="expected section.key=value"):
         apply_overrides(TINY_PARAMS, ["seed=3"], path)
+
+
+def test_the_file_name_is_the_loaded_one_and_values_keep_their_type(tmp_path):
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(tiny_params(train={"epochs": -1})))
+    with pytest.raises(PipelineError) as info:
+        load_params(path, required=("train",))
+    assert str(info.value) == f"{path}: 'train.epochs' is -1; it must be an integer from 0 to 1000"
+    params = validate_params(tiny_params(clip_dissect={"soft_wpmi_a": 10}), source="x.yaml")
+    assert params.source == "x.yaml"
+    assert type(params.clip_dissect.soft_wpmi_a) is int and params.model_dump()["clip_dissect"]["soft_wpmi_a"] == 10
+    with pytest.raises(Exception):
+        params.rof.seed = 1                          # frozen: one set of params per run

@@ -13,6 +13,7 @@ from conftest import run_main, tiny_params, write_params
 from netunits.data import mnist, pickles, subsets
 from stages import prepare_data
 from netunits.data.registry import DATASETS, check_request, get_dataset
+from netunits.params import DataParams
 from netunits.errors import PipelineError
 
 
@@ -203,15 +204,15 @@ def test_registry_refuses_unknown_data_sets_and_oversized_subsets(tmp_path, monk
         get_dataset("cifar100")
     spec = DATASETS["mnist"]
     with pytest.raises(PipelineError) as info:
-        check_request(spec, {**tiny_params()["data"], "train_size": 60001})
+        check_request(spec, DataParams(**{**tiny_params()["data"], "train_size": 60001}))
     assert str(info.value) == ("params.yaml: 'data.train_size' is 60001; it must be an integer from 1 to 60000 "
                                "(the train split of mnist)")
     with pytest.raises(PipelineError, match="'data.test_size' is 10001; it must be an integer from 1 to 10000"):
-        check_request(spec, {**tiny_params()["data"], "test_size": 10001})
-    check_request(spec, {**tiny_params()["data"], "label_noise": 0.9})
+        check_request(spec, DataParams(**{**tiny_params()["data"], "test_size": 10001}))
+    check_request(spec, DataParams(**{**tiny_params()["data"], "label_noise": 0.9}))
     two_classes = dataclasses.replace(spec, n_classes=2)
     with pytest.raises(PipelineError, match="'data.label_noise' is 0.6; with 2 classes it must be at most 0.5"):
-        check_request(two_classes, {**tiny_params()["data"], "label_noise": 0.6})
+        check_request(two_classes, DataParams(**{**tiny_params()["data"], "label_noise": 0.6}))
     # the stage refuses before reading any data
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, tiny_params(data={"dataset": "cifar100"}))

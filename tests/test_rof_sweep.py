@@ -70,19 +70,18 @@ def test_a_truncated_features_file_is_one_line(project, capsys):
     assert err.startswith("error: artifacts/features/test.pt: corrupt or not a features file") and err.count("\n") == 1
 
 
-def test_a_layer_the_final_layer_does_not_read_is_refused(project, capsys):
+def test_features_without_the_layer_the_final_layer_reads_are_refused(project, capsys):
+    # ROF's units are the architecture's pooled layer (the registry's, via the checkpoint)
     features = torch.load("artifacts/features/train.pt", weights_only=True)
-    features["features"]["layer3"] = torch.rand(300, 256)
+    features["features"] = {"layer3": torch.rand(300, 256)}
     torch.save(features, "artifacts/features/train.pt")
-    write_params(project, tiny_params(rof={"layer": "layer3"}))
     assert run_main(rof_sweep.main) == 2
-    assert capsys.readouterr().err == ("error: params.yaml: 'rof.layer' is 'layer3', whose 256 units the final layer "
-                                       "does not read (it takes 512); ROF needs the layer whose pooled output feeds "
-                                       "the final layer (avgpool)\n")
-    write_params(project, tiny_params(rof={"layer": "layer4"}))
+    assert capsys.readouterr().err == ("error: artifacts/features/train.pt: holds no features of avgpool with the 512 "
+                                       "units the final layer reads; rerun `dvc repro extract_features`\n")
+    features["features"] = {"avgpool": torch.rand(300, 256)}
+    torch.save(features, "artifacts/features/train.pt")
     assert run_main(rof_sweep.main) == 2
-    assert "'rof.layer' is 'layer4' but artifacts/features/train.pt holds avgpool, layer3; add it to " \
-        "'extract_features.layers'" in capsys.readouterr().err
+    assert "holds no features of avgpool with the 512 units" in capsys.readouterr().err
 
 
 def test_label_noise_is_reported_with_the_clean_accuracy(project):

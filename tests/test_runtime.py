@@ -6,9 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+import yaml
+
+from conftest import ROOT, tiny_params
 from netunits import runtime
 from netunits.errors import PipelineError
+from netunits.params import Compute
 
 
 def test_run_stage_prints_one_line_and_exits_2(capsys):
@@ -84,13 +87,36 @@ def test_progress_is_silent_off_a_terminal(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_errors_name_the_params_file_the_stage_reads(capsys):
-    def failing(argv):
-        runtime.stage_args("x", argv)
-        raise PipelineError("params.yaml: 'train.epochs' is -1; it must be an integer from 0 to 1000")
+def test_errors_name_the_params_file_the_stage_reads(tmp_path, capsys):
+    params = tmp_path / "study.yaml"
+    params.write_text(yaml.safe_dump(tiny_params(train={"epochs": -1}, compute={"device": "cpu"})))
+
+    def stage(argv):
+        args = runtime.stage_args("x", argv)
+        config = runtime.stage_config(args, "compute")
+        runtime.resolve_compute(config.compute, analysis=True, source=config.source)
+        runtime.stage_config(args, "train")
     with pytest.raises(SystemExit):
-        runtime.run_stage(failing, ["--params", "study/params.yaml"])
-    assert capsys.readouterr().err.startswith("error: study/params.yaml: 'train.epochs' is -1")
-    with pytest.raises(SystemExit):
-        runtime.run_stage(failing, [])
-    assert capsys.readouterr().err.startswith("error: params.yaml: 'train.epochs'")
+        runtime.run_stage(stage, ["--params", str(params)])
+    assert capsys.readouterr().err == f"error: {params}: 'train.epochs' is -1; it must be an integer from 0 to 1000\n"
+
+
+def test_resolve_compute_keeps_the_analysis_stages_in_fp32_under_auto():
+    cpu = runtime.resolve_compute(Compute(device="cpu", precision="auto", threads="auto"), analysis=True)
+    assert cpu == runtime.Runtime(torch.device("cpu"), "fp32")
+    training = runtime.resolve_compute(Compute(device="cpu", precision="auto", threads="auto"), analysis=False)
+    assert training.precision == runtime.choose_precision("auto", torch.device("cpu"))
+    assert runtime.resolve_compute(Compute(device="cpu", precision="bf16", threads="auto"), analysis=True).precision \
+        == "bf16"
+    threads = torch.get_num_threads()
+    try:
+        runtime.resolve_compute(Compute(device="cpu", precision="fp32", threads=1), analysis=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_missing_device_names_compute_and_the_file():
+    with pytest.raises(PipelineError, match=r"^cifar/params.yaml: 'compute.device' is 'cuda' but no CUDA device"):
+        runtime.resolve_compute(Compute(device="cuda", precision="auto", threads="auto"), False, "cifar/params.yaml")

@@ -173,8 +173,8 @@ def test_epochs_zero_takes_a_weights_file_as_it_is(project):
     # the tiny run's weights, read by torchvision's own resnet18: no training, one evaluation
     state = torch.load("artifacts/train/model.pt", weights_only=True)["state_dict"]
     torch.save(state, "weights.pt")
-    write_params(project, tiny_params(train={"arch": "torchvision:resnet18", "weights": "weights.pt", "epochs": 0,
-                                             "precision": "fp32"}))
+    write_params(project, tiny_params(train={"arch": "torchvision:resnet18", "weights": "weights.pt", "epochs": 0},
+                                      compute={"precision": "fp32"}))
     assert run_main(train_stage.main) == 0
     model, checkpoint = load_checkpoint("artifacts/train/model.pt")
     assert checkpoint["arch"] == "torchvision:resnet18" and checkpoint["weights"] == "weights.pt"

@@ -49,7 +49,7 @@ def _resize(array, size, nearest):
     return np.asarray(image.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
 
 
-def load_broden(folder, image_size, mask_size, size):
+def load_broden(folder, image_size, mask_size, size, source="params.yaml"):
     """The first `size` rows of index.csv as a probe set (netunits/data/probe.py), and the pixel
     masks unpacked (bool N x pixel concepts x M x M) for the figure."""
     folder = Path(folder)
@@ -73,7 +73,7 @@ def load_broden(folder, image_size, mask_size, size):
     if missing:
         raise PipelineError(f"{folder / 'index.csv'}: no column for category {missing[0]!r} of category.csv")
     if size > len(index):
-        raise PipelineError(f"params.yaml: 'probe.size' is {size} but {folder / 'index.csv'} lists {len(index)} images")
+        raise PipelineError(f"{source}: 'probe.size' is {size} but {folder / 'index.csv'} lists {len(index)} images")
     rows = index[:size]
     # a category is pixel-level if its cells name PNG files
     pixel_level = {c: any(e.endswith(".png") for row in rows for e in row[c].split(";") if e) for c in categories}

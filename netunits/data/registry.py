@@ -36,25 +36,25 @@ DATASETS = {
 }
 
 
-def get_dataset(name, key="data.dataset"):
+def get_dataset(name, key="data.dataset", source="params.yaml"):
     if name not in DATASETS:
-        raise PipelineError(f"params.yaml: '{key}' is {name!r}; allowed data sets: {', '.join(DATASETS)}")
+        raise PipelineError(f"{source}: '{key}' is {name!r}; allowed data sets: {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
-def check_request(spec, params):
+def check_request(spec, params, source="params.yaml"):
     """Refuse, before any data is read, sizes a split cannot give, sources the data set lacks and
     label noise that leaves nothing to learn."""
-    if params["source"] not in spec.sources:
-        raise PipelineError(f"params.yaml: 'data.source' is {params['source']!r}; {spec.name} can be read "
+    if params.source not in spec.sources:
+        raise PipelineError(f"{source}: 'data.source' is {params.source!r}; {spec.name} can be read "
                             f"from {', '.join(spec.sources)}")
     most_noise = (spec.n_classes - 1) / spec.n_classes
-    if params["label_noise"] > most_noise:
+    if params.label_noise > most_noise:
         # beyond this a wrong label is more frequent than the right one in every class
-        raise PipelineError(f"params.yaml: 'data.label_noise' is {params['label_noise']}; with {spec.n_classes} "
+        raise PipelineError(f"{source}: 'data.label_noise' is {params.label_noise}; with {spec.n_classes} "
                             f"classes it must be at most {most_noise:.3g}")
     for split, total in spec.split_sizes.items():
-        size = params[f"{split}_size"]
+        size = getattr(params, f"{split}_size")
         if size > total:
-            raise PipelineError(f"params.yaml: 'data.{split}_size' is {size}; it must be an integer from 1 "
+            raise PipelineError(f"{source}: 'data.{split}_size' is {size}; it must be an integer from 1 "
                                 f"to {total} (the {split} split of {spec.name})")

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from netunits.errors import PipelineError
 
 
-def select_indices(labels, size, selection, seed, key, n_classes):
+def select_indices(labels, size, selection, seed, key, n_classes, source="params.yaml"):
     """Indices (ascending) of the chosen samples.
 
     first: the first `size` samples (the ROF notebook's choice). stratified: `size // n_classes`
@@ -15,7 +15,7 @@ def select_indices(labels, size, selection, seed, key, n_classes):
     by `seed`.
     """
     if size > len(labels):
-        raise PipelineError(f"params.yaml: '{key}' is {size} but the split has only {len(labels)} samples")
+        raise PipelineError(f"{source}: '{key}' is {size} but the split has only {len(labels)} samples")
     if selection == "first":
         return torch.arange(size)
     generator = torch.Generator().manual_seed(seed)
@@ -24,7 +24,7 @@ def select_indices(labels, size, selection, seed, key, n_classes):
         want = size // n_classes + (1 if cls < size % n_classes else 0)
         members = torch.nonzero(labels == cls).flatten()
         if want > len(members):
-            raise PipelineError(f"params.yaml: '{key}' is {size}; a stratified selection needs {want} "
+            raise PipelineError(f"{source}: '{key}' is {size}; a stratified selection needs {want} "
                                 f"samples of class {cls} but the split has {len(members)}")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:want]])
     return torch.sort(torch.cat(chosen)).values

@@ -47,7 +47,7 @@ def class_sets(features, labels, n_classes, k, k_image):
     """(sets: n_classes x k unit indices, most frequent first; counts: n_classes x n_units)."""
     n_units = features.shape[1]
     if not 1 <= k <= n_units or not 1 <= k_image <= n_units:
-        raise PipelineError(f"params.yaml: 'influence.k' {k} and 'influence.k_image' {k_image} must be from 1 to "
+        raise PipelineError(f"'influence.k' {k} and 'influence.k_image' {k_image} must be from 1 to "
                             f"the layer's {n_units} units")
     normalised = l1_normalise(features)
     counts = class_histograms(top_units(normalised, k_image), labels, n_classes, n_units)

@@ -59,6 +59,10 @@ class Architecture:
     in_channels: int
     description: str
     renames: tuple = ()    # (prefix in released weights files, prefix here), applied by load_weights
+    # the layer whose pooled output the final layer reads (ROF's and the influential filters' units)
+    pooled_layer: str = "avgpool"
+    # the block whose channels pool into those units (network dissection's view of the same units)
+    last_block: str = "layer4"
 
 
 ARCHITECTURES = {
@@ -70,14 +74,14 @@ ARCHITECTURES = {
        for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")},
     # He et al.'s CIFAR ResNets with akamaster/pytorch_resnet_cifar10's key names (head `linear`)
     **{f"cifar_resnet{depth}": Architecture(_cifar_resnet(depth), 3, f"CIFAR ResNet{depth}, option-A shortcuts",
-                                           renames=(("linear.", "fc."),))
+                                           renames=(("linear.", "fc."),), last_block="layer3")
        for depth in (20, 32, 44, 56, 110)},
 }
 
 
-def get_architecture(name, key="train.arch"):
+def get_architecture(name: str, key: str = "train.arch", source: str = "params.yaml") -> Architecture:
     if name not in ARCHITECTURES:
-        raise PipelineError(f"params.yaml: '{key}' is {name!r}; allowed architectures: {', '.join(ARCHITECTURES)}")
+        raise PipelineError(f"{source}: '{key}' is {name!r}; allowed architectures: {', '.join(ARCHITECTURES)}")
     return ARCHITECTURES[name]
 
 
@@ -110,13 +114,13 @@ def _state_dict_of(obj, renames=()):
     return state
 
 
-def load_weights(model, path, key="train.weights", arch=None):
+def load_weights(model, path, key="train.weights", arch=None, source="params.yaml"):
     """Copy a local weights file into `model`. Every key must be there with the model's shape,
     except the head (fc.*), which is kept as initialised when its class count differs. Returns
     True if the head was loaded too."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"params.yaml: '{key}' is '{path}': file not found; it must be a local "
+        raise PipelineError(f"{source}: '{key}' is '{path}': file not found; it must be a local "
                             f"weights file (a state dict saved with torch.save)")
     try:
         renames = get_architecture(arch).renames if arch else ()

@@ -1,0 +1,159 @@
+"""The stage table: every stage's script, the params it reads and its files, each path written
+once, here.
+
+Stage scripts get their paths from `stage_paths`; `python -m netunits.stage_table` writes the
+three DVC pipelines from the same table (dvc.yaml, cifar/dvc.yaml, study/dvc.yaml), with each
+stage's code deps read from the imports of its script.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Out:
+    """An output: cached by DVC (cache=True, ignored by git) or committed (cache=False); a
+    `metric` is a JSON file `dvc metrics` shows."""
+    path: str
+    cache: bool = True
+    metric: bool = False
+
+
+def kept(path: str) -> Out:
+    """A small output committed to git (a table, a figure, a folder of CSVs)."""
+    return Out(path, cache=False)
+
+
+def metric(path: str) -> Out:
+    return Out(path, cache=False, metric=True)
+
+
+# Every file of the pipeline, by the name stages use for it.
+FILES: dict[str, Out] = {
+    # prepare_data
+    "train_set": Out("data/prepared/train.pt"),
+    "test_set": Out("data/prepared/test.pt"),
+    # train
+    "model": Out("artifacts/train/model.pt"),
+    "history": kept("artifacts/train/history.csv"),
+    "train_metrics": metric("artifacts/metrics/train.json"),
+    # extract_features
+    "train_features": Out("artifacts/features/train.pt"),
+    "test_features": Out("artifacts/features/test.pt"),
+    # rof_sweep
+    "rof_units": kept("artifacts/rof/units.json"),
+    "rof_roles": kept("artifacts/rof/unit_roles.csv"),
+    "rof_curve_train": kept("artifacts/rof/curve_train.csv"),
+    "rof_curve_test": kept("artifacts/rof/curve_test.csv"),
+    "rof_counts": kept("artifacts/rof/category_counts.csv"),
+    "rof_metrics": metric("artifacts/metrics/rof.json"),
+    # influential_filters
+    "influence_sets": kept("artifacts/influence/sets.json"),
+    "influence_by_k": kept("artifacts/influence/by_k.csv"),
+    "influence_by_class": kept("artifacts/influence/by_class.csv"),
+    "influence_units": kept("artifacts/influence/units.csv"),
+    "influence_metrics": metric("artifacts/metrics/influence.json"),
+    # probe_concepts
+    "probe": Out("data/probe/probe.pt"),
+    "probe_figure": kept("artifacts/plots/probe_concepts.png"),
+    # dissect, dissect_report
+    "tallies": Out("artifacts/dissect/tallies.pt"),
+    "dissect_layers": kept("artifacts/dissect/layers"),
+    "dissect_roles": kept("artifacts/dissect/unit_roles.csv"),
+    "dissect_concepts_figure": kept("artifacts/plots/dissect_concepts.png"),
+    "dissect_strips_figure": kept("artifacts/plots/dissect_strips.png"),
+    "dissect_metrics": metric("artifacts/metrics/dissect.json"),
+    # compose
+    "formulas": kept("artifacts/compose/formulas.csv"),
+    "formula_masks": Out("artifacts/compose/top_masks.pt"),
+    "compose_figure": kept("artifacts/plots/compose_lengths.png"),
+    "compose_metrics": metric("artifacts/metrics/compose.json"),
+    # clip_dissect
+    "clip_layers": kept("artifacts/clip_dissect/layers"),
+    "clip_descriptions": kept("artifacts/clip_dissect/descriptions.csv"),
+    "clip_figure": kept("artifacts/plots/clip_dissect_top.png"),
+    "clip_metrics": metric("artifacts/metrics/clip_dissect.json"),
+    # report
+    "site": Out("artifacts/report"),
+    "units_table": kept("artifacts/units.csv"),
+    "report_metrics": metric("artifacts/metrics/report.json"),
+    # plot
+    "rof_figure_pdf": Out("artifacts/plots/rof_curve_turning_points.pdf"),
+    "rof_figure": kept("artifacts/plots/rof_curve_turning_points.png"),
+    "categories_figure": kept("artifacts/plots/unit_categories.png"),
+    # the study's aggregate (its cells are the stages above, each under its own folder)
+    "study_runs": Out("artifacts/study/runs"),
+    "study_summary": kept("artifacts/study/summary.csv"),
+    "study_table": kept("artifacts/study/summary.md"),
+    "study_figure": kept("artifacts/study/ratios_vs_gap.png"),
+    "study_metrics": metric("artifacts/metrics/study.json"),
+}
+
+# A study cell's folder (the run dir of its stages), as the aggregate and study/dvc.yaml spell it.
+STUDY_CELL = "artifacts/study/runs/noise{noise}_seed{seed}"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    params: tuple[str, ...]                # sections or section.key
+    deps: tuple[str, ...]                  # names in FILES
+    outs: tuple[str, ...]
+    comment: str = ""                      # written above the stage in dvc.yaml
+    module: str = ""                       # default stages.<name>
+    study_overrides: tuple[str, ...] = field(default=())  # --set ... per study cell
+
+    @property
+    def script(self) -> str:
+        return self.module or f"stages.{self.name}"
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("prepare_data", ("data",), (), ("train_set", "test_set"),
+          study_overrides=("data.label_noise=${item.noise}", "data.seed=${item.seed}")),
+    Stage("train", ("train", "compute"), ("train_set", "test_set"), ("model", "history", "train_metrics"),
+          comment="The CSVs are plain outputs; the titled definitions under `plots:` below render them.",
+          study_overrides=("train.seed=${item.seed}",)),
+    Stage("extract_features", ("extract_features", "compute"), ("model", "train_set", "test_set"),
+          ("train_features", "test_features")),
+    Stage("rof_sweep", ("rof",), ("model", "train_features", "test_features"),
+          ("rof_units", "rof_roles", "rof_curve_train", "rof_curve_test", "rof_counts", "rof_metrics")),
+    Stage("influential_filters", ("influence",), ("model", "train_features", "test_features", "rof_units", "rof_roles"),
+          ("influence_sets", "influence_by_k", "influence_by_class", "influence_units", "influence_metrics")),
+    Stage("probe_concepts", ("probe", "data.dataset", "data.source", "data.dir", "data.test_size", "data.selection",
+                             "data.seed", "data.image_size"), (), ("probe", "probe_figure")),
+    Stage("dissect", ("dissect.layers", "dissect.quantile", "dissect.top_images", "dissect.batch_size", "compute"),
+          ("model", "probe"), ("tallies",),
+          comment="the activation passes; dissect_report turns their counts into answers, so changing\n"
+                  "dissect.iou_threshold reruns only the report"),
+    Stage("dissect_report", ("dissect.iou_threshold",), ("model", "tallies", "probe", "rof_roles"),
+          ("dissect_layers", "dissect_roles", "dissect_concepts_figure", "dissect_strips_figure", "dissect_metrics")),
+    Stage("compose", ("compose", "compute"), ("model", "probe", "tallies"),
+          ("formulas", "formula_masks", "compose_figure", "compose_metrics"),
+          comment="compositional explanations: a formula over concepts per unit, on dissect's thresholds"),
+    Stage("clip_dissect", ("clip_dissect", "compute"), ("model", "probe", "dissect_layers"),
+          ("clip_layers", "clip_descriptions", "clip_figure", "clip_metrics"),
+          comment="CLIP-Dissect: open-vocabulary descriptions by soft-WPMI; the concept and weights files that\n"
+                  "clip_dissect.concepts and .weights name are params, not deps (their sha256 is in the metrics)"),
+    Stage("report", ("report",), ("model", "rof_roles", "rof_curve_train", "rof_curve_test", "dissect_layers",
+                                  "tallies", "probe", "influence_units", "formulas", "formula_masks", "clip_layers"),
+          ("site", "units_table", "report_metrics"),
+          comment="the unit explorer: every method's answer per unit, as a static site"),
+    Stage("plot", ("plot", "train.arch"), ("rof_curve_train", "rof_curve_test", "rof_units", "rof_metrics",
+                                           "train_metrics"),
+          ("rof_figure_pdf", "rof_figure", "categories_figure")),
+    Stage("study_aggregate", ("grid", "aggregate"), ("study_runs",),
+          ("study_summary", "study_table", "study_figure", "study_metrics")),
+)}
+
+
+def stage_paths(stage: str, run_dir: Path | str = ".") -> dict[str, Path]:
+    """A stage's deps and outs by name, under run_dir."""
+    entry = STAGES[stage]
+    return {name: Path(run_dir) / FILES[name].path for name in entry.deps + entry.outs}
+
+
+def study_cell(run_dir: Path | str, noise: float, seed: int) -> Path:
+    """The folder of the study's cell for this label noise and seed."""
+    return Path(run_dir) / STUDY_CELL.format(noise=noise, seed=seed)
