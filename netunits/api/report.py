@@ -39,6 +39,8 @@ Table = dict[str, list[str]]
 # The methods whose own tables get a page, in the order the pages name them.
 METHOD_LABELS = {"rof": "ROF roles", "dissection": "network dissection", "influence": "influential filters",
                  "compose": "compositional explanations", "clip_dissect": "CLIP-Dissect"}
+# Params sections that nothing on the report's pages depends on (figures and the study).
+PARAMS_NOT_HASHED = ("plot", "grid", "aggregate")
 # Words of a formula that are not concept names (netunits.methods.compose's connectors).
 CONNECTOR_WORDS = {"AND", "OR", "NOT", "WITH", "CLOSE", "TO"}
 
@@ -104,7 +106,7 @@ class ReportResult:
 
     def summary(self) -> str:
         size = sum(len(v if isinstance(v, bytes) else v.encode()) for v in self.files.values()) / 2**20
-        line = f"report: {len(self.rows)} units of {self.layer or 'an unknown layer'}, {size:.1f} MiB of pages"
+        line = f"report: {len(self.rows)} units of {self.layer or 'an unknown layer'}, {size:.1f} MiB of pages and images"
         return line + (f"; left out: {' | '.join(self.notes)}" if self.notes else "")
 
 
@@ -123,9 +125,12 @@ def cpu_kind() -> str:
 
 
 def params_sha256(params: Any) -> str:
-    """sha256 of the params in effect (every section, after --set overrides) as sorted JSON."""
-    values = params.model_dump(mode="json") if hasattr(params, "model_dump") else params
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+    """sha256 of the params in effect (after --set overrides) as sorted JSON, every section the
+    report's numbers depend on: all but PARAMS_NOT_HASHED (the stage depends on the same ones,
+    so the hash on the index is never stale)."""
+    values = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params)
+    kept = {name: value for name, value in values.items() if name not in PARAMS_NOT_HASHED and value is not None}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 
 def _layer_rows(path: Path, layer: str, n_units: int, what: str, notes: list[str]) -> Table | None:
@@ -355,7 +360,7 @@ def _index(inputs: ReportInputs, columns: list[dict], rows: list[dict], methods:
     if len(fields) > 1:
         fields.append(("any", "any of these"))
     title = f"Units of {inputs.layer}: every method side by side" if inputs.layer else "Units: every method side by side"
-    return render("index.html", root="", title=title, run=inputs.run, notes=inputs.notes, methods=methods,
+    return render("index.html", root="", title=title, run=inputs.run, not_hashed=PARAMS_NOT_HASHED, notes=inputs.notes, methods=methods,
                   roles=CATEGORIES if inputs.roles else (), concept_fields=fields, has_detector=bool(inputs.dissection),
                   columns=columns, rows=view)
 
