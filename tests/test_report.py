@@ -48,7 +48,7 @@ def three_units(**changes):
                     "Some CPU")
     values = dict(n_units=3, layer="layer4", run=run, notes=[], roles=roles,
                   curves={"train": [0.1, 0.5, 0.9, 1.0], "test": [0.1, 0.4, 0.8, 0.9]}, influence=influence,
-                  clip=clip, tables=[MethodTable("rof", roles, "artifacts/rof/unit_roles.csv", "../../rof/unit_roles.csv"),
+                  clip=clip, tables=[MethodTable("rof", roles, "r.csv", "../../r.csv"),
                                      MethodTable("influence", influence, "i.csv", "../../i.csv"),
                                      MethodTable("clip_dissect", clip, "c.csv", "../../c.csv")])
     return ReportInputs(**{**values, **changes})
@@ -63,7 +63,8 @@ def test_classes_are_named_as_classes_and_formulas_split_into_concepts():
 def test_run_report_from_tables_in_memory():
     result = run_report(three_units(), SimpleNamespace(thumbnail=112))
     assert result.rows == [
-        {"unit": 0, "role": "both", "role_loss": "both", "rank_train": 2, "rank_test": 1, "classes": "0", "clip": "hole"},
+        {"unit": 0, "role": "both", "role_loss": "both", "rank_train": 2, "rank_test": 1, "classes": "0",
+         "clip": "hole"},
         {"unit": 1, "role": "neither", "role_loss": "both", "rank_train": 0, "rank_test": 0, "classes": "0 3",
          "clip": "<script>x</script>"},
         {"unit": 2, "role": "both", "role_loss": "train_only", "rank_train": 1, "rank_test": 2, "classes": "",

@@ -106,7 +106,8 @@ class ReportResult:
 
     def summary(self) -> str:
         size = sum(len(v if isinstance(v, bytes) else v.encode()) for v in self.files.values()) / 2**20
-        line = f"report: {len(self.rows)} units of {self.layer or 'an unknown layer'}, {size:.1f} MiB of pages and images"
+        line = (f"report: {len(self.rows)} units of {self.layer or 'an unknown layer'}, "
+                f"{size:.1f} MiB of pages and images")
         return line + (f"; left out: {' | '.join(self.notes)}" if self.notes else "")
 
 
@@ -359,10 +360,10 @@ def _index(inputs: ReportInputs, columns: list[dict], rows: list[dict], methods:
         ("clip", "CLIP-Dissect", inputs.clip)) if present]
     if len(fields) > 1:
         fields.append(("any", "any of these"))
-    title = f"Units of {inputs.layer}: every method side by side" if inputs.layer else "Units: every method side by side"
-    return render("index.html", root="", title=title, run=inputs.run, not_hashed=PARAMS_NOT_HASHED, notes=inputs.notes, methods=methods,
-                  roles=CATEGORIES if inputs.roles else (), concept_fields=fields, has_detector=bool(inputs.dissection),
-                  columns=columns, rows=view)
+    title = f"Units of {inputs.layer or 'an unknown layer'}: every method side by side"
+    return render("index.html", root="", title=title, run=inputs.run, not_hashed=PARAMS_NOT_HASHED,
+                  notes=inputs.notes, methods=methods, roles=CATEGORIES if inputs.roles else (),
+                  concept_fields=fields, has_detector=bool(inputs.dissection), columns=columns, rows=view)
 
 
 def _strips(inputs: ReportInputs, u: int, size: int) -> tuple[bytes, bytes | None]:
