@@ -110,11 +110,13 @@ def test_curve_and_histogram_geometry():
 # --------------------------------------------------------------------------------------------
 @pytest.fixture
 def reported(project):
-    assert run_main(report.main) == 0
+    """The tiny run's folder; its report is the one the tiny run made (with this code)."""
     return project
 
 
-def test_index_unit_pages_metrics_and_size(reported):
+def test_index_unit_pages_metrics_and_size(reported, capsys):
+    assert run_main(report.main) == 0
+    assert capsys.readouterr().out.startswith("report: 512 units of layer4, ")
     index = (reported / "artifacts/report/index.html").read_text()
     assert len(re.findall(r'<tr id="unit-', index)) == 512
     pages = list((reported / "artifacts/report/units").glob("*.html"))

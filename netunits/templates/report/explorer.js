@@ -10,11 +10,11 @@ const role = document.getElementById('role'), concept = document.getElementById(
 const roles = Array.from(role.options).map(o => o.value).filter(v => v);
 
 // The concept names a row holds in one field: dissection's concept, CLIP-Dissect's description
-// or every concept of the compositional formula.
+// (which may hold spaces) or every concept of the compositional formula (space-separated).
 function names(row, key) {
   if (key === 'any') return ['concept', 'formula', 'clip'].flatMap(k => names(row, k));
   const text = row.dataset[key] || '';
-  return text ? text.split(' ') : [];
+  return !text ? [] : key === 'formula' ? text.split(' ') : [text];
 }
 
 function conceptMatches(row) {
