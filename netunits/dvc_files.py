@@ -26,6 +26,8 @@ PROJECT_PACKAGES = ("stages", "netunits")
 # architecture's facts (pooled layer, last block) loads no model code: those imports are deps of
 # the stages that build a model (the ones reading `compute`) only.
 REGISTRY = "netunits/models/registry.py"
+# Files a module reads from the package at run time (not imports): deps of every stage using it.
+PACKAGE_DATA = {"netunits/report.py": ("netunits/templates/report",)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,7 +89,8 @@ def code_deps(script: str, builds_model: bool, root: Path = ROOT) -> list[str]:
             parts = name.split(".")
             todo += [f for f in (_module_file(".".join(parts[:n]), root) for n in range(1, len(parts) + 1)) if f]
     modules = {p.relative_to(root).as_posix() for p in seen if p.name != "__init__.py" or _has_code(p)}
-    return [script] + sorted(modules - {script})
+    data = {folder for module in modules for folder in PACKAGE_DATA.get(module, ())}
+    return [script] + sorted(modules - {script}) + sorted(data)
 
 
 def stage_code(stage: Stage, root: Path = ROOT) -> list[str]:

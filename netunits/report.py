@@ -1,127 +1,105 @@
-"""The unit explorer: a static site (no server, no network) joining every method's answer per unit.
+"""The unit explorer's pages: a static site (no server, no network) joining every method's answer
+per unit, rendered from the jinja2 templates in netunits/templates/report/ (autoescaped).
 
-`index.html` holds one row per unit with a few lines of JavaScript to sort by any column and
-filter by role, concept and detector status (`index.html#role=test_only` opens filtered);
-`units/<unit>.html` holds one unit: its top-activating probe images with its mask (a PNG strip of
-thumbnails), its activation histogram with the threshold, its best concepts, its classes and its
-place on the ROF curves (inline SVG).
+`index.html` holds one row per unit; `explorer.js` sorts it by any column and filters it by role,
+concept and detector status (`index.html#role=test_only` opens filtered); `units/<unit>.html`
+holds one unit: its top-activating probe images with its mask (a PNG strip), its activation
+histogram with the threshold and its place on the ROF curves (inline SVG charts with axes);
+`methods/<method>.html` holds each method's own table with one anchored row per unit.
+
+This module computes the charts' geometry and the strips' pixels; the markup is the templates'.
 """
 from __future__ import annotations
 
-import html
+import io
+import math
+from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
 
-SCRIPT = """
-const rows = Array.from(document.querySelectorAll('#units tbody tr'));
-const role = document.getElementById('role'), concept = document.getElementById('concept'),
-      detectors = document.getElementById('detectors'), shown = document.getElementById('shown');
-function apply() {
-  let n = 0;
-  for (const row of rows) {
-    const ok = (!role.value || row.dataset.role === role.value) &&
-               (!concept.value || (row.dataset.concept || '').includes(concept.value)) &&
-               (!detectors.checked || row.dataset.detector === '1');
-    row.hidden = !ok; if (ok) n++;
-  }
-  shown.textContent = n;
-}
-document.querySelectorAll('#units th').forEach((th, col) => th.addEventListener('click', () => {
-  const numeric = th.dataset.numeric === '1', down = th.dataset.sorted !== 'up';
-  rows.sort((a, b) => {
-    const x = a.children[col].dataset.value, y = b.children[col].dataset.value;
-    const c = numeric ? (parseFloat(x) - parseFloat(y)) : x.localeCompare(y);
-    return down ? c : -c;
-  });
-  th.dataset.sorted = down ? 'up' : 'down';
-  const body = document.querySelector('#units tbody');
-  rows.forEach(r => body.appendChild(r));
-}));
-for (const part of location.hash.slice(1).split('&')) {
-  const [key, value] = part.split('=');
-  if (key === 'role') role.value = decodeURIComponent(value);
-  if (key === 'concept') concept.value = decodeURIComponent(value);
-  if (key === 'detectors') detectors.checked = value === '1';
-}
-[role, concept, detectors].forEach(e => e.addEventListener('input', apply));
-apply();
-"""
-
-STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;font-size:13px}
-th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}th{cursor:pointer;background:#f4f4f4}
-.note{color:#a33}.strip img{image-rendering:pixelated;border:1px solid #ccc}"""
+# Files of the site that are templates without variables, written beside index.html.
+STATIC_FILES = ("report.css", "explorer.js")
 
 
-def _cell(value):
-    shown = "" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-    return f'<td data-value="{html.escape(str(value if value is not None else ""))}">{html.escape(shown)}</td>'
+@lru_cache(maxsize=1)
+def environment() -> Environment:
+    return Environment(loader=PackageLoader("netunits", "templates"), autoescape=True,
+                       undefined=StrictUndefined, keep_trailing_newline=True)
 
 
-def index_page(title, columns, rows, notes, roles):
-    """columns: (key, label, numeric); rows: dicts with those keys plus 'unit', 'role', 'concept',
-    'detector'."""
-    head = "".join(f'<th data-numeric="{int(n)}">{html.escape(label)}</th>' for _, label, n in columns)
-    body = []
-    for row in rows:
-        cells = []
-        for key, _, _ in columns:
-            value = row.get(key)
-            if key == "unit":
-                cells.append(f'<td data-value="{value}"><a href="units/{value}.html">{value}</a></td>')
-            else:
-                cells.append(_cell(value))
-        body.append(f'<tr data-role="{html.escape(str(row.get("role", "")))}" '
-                    f'data-concept="{html.escape(str(row.get("concept") or ""))}" '
-                    f'data-detector="{int(bool(row.get("detector")))}">' + "".join(cells) + "</tr>")
-    options = "".join(f'<option value="{r}">{r}</option>' for r in roles)
-    notes_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
-    return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{notes_html}
-<p>role <select id="role"><option value="">all</option>{options}</select>
-concept <input id="concept" size="14"> <label><input type="checkbox" id="detectors"> detectors only</label>
-&middot; <span id="shown"></span> of {len(rows)} units shown; click a column to sort</p>
-<table id="units"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>
-<script>{SCRIPT}</script></body></html>"""
+def render(name: str, **context) -> str:
+    """The template netunits/templates/report/<name> rendered with `context`."""
+    return environment().get_template(f"report/{name}").render(**context)
 
 
-def svg_histogram(counts, top, threshold, width=320, height=90):
+# --------------------------------------------------------------------------------------------
+# charts: coordinates for templates/report/charts.html
+# --------------------------------------------------------------------------------------------
+def _r(x: float) -> float:
+    """A coordinate to one decimal (small, byte-stable markup)."""
+    return round(float(x), 1)
+
+
+def _frame(width: int, height: int, title: str, xlabel: str, ylabel: str) -> dict:
+    return {"width": width, "height": height, "left": 48, "right": width - 12, "top": 22,
+            "bottom": height - 36, "title": title, "xlabel": xlabel, "ylabel": ylabel}
+
+
+def _number(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def curve_chart(accuracy: Sequence[float], subset: str, width: int = 380, height: int = 200) -> dict:
+    """A ROF curve: accuracy against the number of units kept, 0..n (unit marked by `mark`)."""
+    g = _frame(width, height, f"{subset}: accuracy {accuracy[-1]:.3f} with all units",
+               "units kept, in L1 order", "accuracy")
+    n = len(accuracy) - 1
+    g["n"] = n
+    x = lambda i: g["left"] + i / max(n, 1) * (g["right"] - g["left"])          # noqa: E731
+    y = lambda a: g["bottom"] - a * (g["bottom"] - g["top"])                    # noqa: E731
+    g["points"] = " ".join(f"{x(i):.1f},{y(a):.1f}" for i, a in enumerate(accuracy))
+    steps = [k * n / 4 for k in range(5)] if n >= 4 else list(range(n + 1))
+    g["xticks"] = [{"at": _r(x(i)), "label": f"{i:.0f}"} for i in steps]
+    g["yticks"] = [{"at": _r(y(a)), "label": f"{a:g}"} for a in (0, 0.25, 0.5, 0.75, 1)]
+    return g
+
+
+def mark(chart: dict, rank: int, unit: int) -> dict:
+    """The curve with the point where the unit, 0-based `rank` in the retrieval order, enters:
+    n = rank + 1 units kept."""
+    at = chart["left"] + (rank + 1) / max(chart["n"], 1) * (chart["right"] - chart["left"])
+    return {**chart, "marker": _r(at), "marker_label": f"unit {unit}: n = {rank + 1}"}
+
+
+def histogram_chart(counts: Sequence[int], top: float, threshold: float,
+                    width: int = 380, height: int = 200) -> dict:
+    """The unit's activation histogram over [0, top] (bar heights on a log scale, ticks in
+    counts) with its dissection threshold."""
+    g = _frame(width, height, "activation histogram, threshold in red",
+               "activation at a map position", "positions")
     counts = np.asarray(counts, dtype=float)
-    scale = np.log1p(counts) / max(1e-9, np.log1p(counts).max())
-    bar = width / len(counts)
-    bars = "".join(f'<rect x="{i * bar:.1f}" y="{height - h * height:.1f}" width="{bar - 1:.1f}" '
-                   f'height="{h * height:.1f}" fill="#4a7ab5"/>' for i, h in enumerate(scale))
-    x = min(width, threshold / top * width) if top > 0 else 0
-    return (f'<svg width="{width}" height="{height + 14}">{bars}<line x1="{x:.1f}" x2="{x:.1f}" y1="0" '
-            f'y2="{height}" stroke="#c22" stroke-width="2"/><text x="0" y="{height + 12}" font-size="10">0</text>'
-            f'<text x="{width - 40}" y="{height + 12}" font-size="10">{top:.3g}</text></svg>')
+    peak = max(float(np.log1p(counts).max()), 1e-9)
+    span, bar = g["bottom"] - g["top"], (g["right"] - g["left"]) / len(counts)
+    height_of = lambda c: math.log1p(c) / peak * span                              # noqa: E731
+    g["bars"] = [{"x": _r(g["left"] + i * bar), "w": _r(max(bar - 1, 0.5)), "y": _r(g["bottom"] - height_of(c)),
+                  "h": _r(height_of(c))} for i, c in enumerate(counts)]
+    # decades from 10 (a tick at 1 would sit on the one at 0)
+    decades = [10 ** k for k in range(1, int(math.log10(max(counts.max(), 1))) + 1)]
+    g["yticks"] = [{"at": _r(g["bottom"]), "label": "0"}] + \
+        [{"at": _r(g["bottom"] - height_of(d)), "label": f"{d:,}"} for d in decades]
+    x = lambda v: g["left"] + (min(v / top, 1.0) if top > 0 else 0.0) * (g["right"] - g["left"])  # noqa: E731
+    g["xticks"] = [{"at": _r(x(v)), "label": _number(v)} for v in (0.0, top / 2, top)]
+    g["marker"] = _r(x(threshold))
+    g["marker_label"] = f"threshold {_number(threshold)}"
+    return g
 
 
-def svg_curve(accuracy, rank, width=320, height=90, label=""):
-    points = " ".join(f"{i / (len(accuracy) - 1) * width:.1f},{height - a * height:.1f}"
-                      for i, a in enumerate(accuracy))
-    x = rank / (len(accuracy) - 1) * width
-    return (f'<svg width="{width}" height="{height + 14}"><polyline points="{points}" fill="none" stroke="#222"/>'
-            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="0" y2="{height}" stroke="#e80" stroke-width="2"/>'
-            f'<text x="0" y="{height + 12}" font-size="10">{html.escape(label)}: rank {rank}</text></svg>')
-
-
-def unit_page(unit, layer, facts, strip_file, histogram_svg, curves_svg, concepts, formula_strip=None):
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
-    concept_rows = "".join(f"<tr><td>{html.escape(c)}</td><td>{iou:.4f}</td></tr>" for c, iou in concepts)
-    strip = f'<p class="strip"><img src="{strip_file}" alt="top images of unit {unit}"></p>' if strip_file else \
-        "<p class=note>no dissection: no images</p>"
-    if formula_strip:
-        strip += (f'<h2>Where its formula holds on the same images, in blue</h2><p class="strip">'
-                  f'<img src="{formula_strip}" alt="the formula of unit {unit} on its top images"></p>')
-    return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>unit {unit}</title><style>{STYLE}</style>
-</head><body><p><a href="../index.html">all units</a></p><h1>{html.escape(layer)} unit {unit}</h1>
-<table>{rows}</table><h2>Top-activating probe images, the unit's mask in red</h2>{strip}
-<h2>Activations over the probe set (log counts), threshold in red</h2>{histogram_svg}
-<h2>Best concepts</h2><table>{concept_rows}</table>
-<h2>Place on the ROF curves (accuracy against units retrieved)</h2>{curves_svg}</body></html>"""
-
-
-def strip_image(images, masks, size, colour=(230, 30, 30)):
+# --------------------------------------------------------------------------------------------
+# image strips
+# --------------------------------------------------------------------------------------------
+def strip_image(images, masks, size: int, colour=(230, 30, 30)) -> np.ndarray:
     """uint8 H x (k * (size + 2)) x 3: each grey or colour image resized to size x size, its mask
     (bool M x M) tinted over it (red by default)."""
     from PIL import Image
@@ -134,3 +112,10 @@ def strip_image(images, masks, size, colour=(230, 30, 30)):
         tiles.append(np.pad(tile.astype(np.uint8), ((0, 0), (0, 2), (0, 0)), constant_values=255))
     return np.concatenate(tiles, axis=1)
 
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+    buffer = io.BytesIO()
+    # zlib level 3: as small as the default level 6 on these strips, in half the time
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()

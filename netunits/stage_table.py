@@ -139,8 +139,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("clip_layers", "clip_descriptions", "clip_figure", "clip_metrics"),
           comment="CLIP-Dissect: open-vocabulary descriptions by soft-WPMI; the concept and weights files that\n"
                   "clip_dissect.concepts and .weights name are params, not deps (their sha256 is in the metrics)"),
-    Stage("report", ("report",), ("model", "rof_roles", "rof_curve_train", "rof_curve_test", "dissect_layers",
-                                  "tallies", "probe", "influence_units", "formulas", "formula_masks", "clip_layers"),
+    # every section the pages' numbers depend on: the index shows their sha256
+    Stage("report", ("data", "train", "compute", "extract_features", "rof", "influence", "probe", "dissect",
+                     "compose", "clip_dissect", "report"),
+          ("model", "rof_roles", "rof_curve_train", "rof_curve_test", "dissect_layers", "tallies", "probe",
+           "influence_units", "formulas", "formula_masks", "clip_layers"),
           ("site", "units_table", "report_metrics"),
           comment="the unit explorer: every method's answer per unit, as a static site"),
     Stage("plot", ("plot", "train.arch"), ("rof_curve_train", "rof_curve_test", "rof_units", "rof_metrics",

@@ -1,19 +1,26 @@
-"""report: the unit explorer from the tiny run, checked as files and in a real headless Chromium."""
+"""report: the unit explorer, from tables in memory and from the tiny run, checked as files and in a
+real headless Chromium."""
 import json
 import re
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import run_main
-from netunits.files import read_csv
+from netunits.api.report import (MethodTable, ReportInputs, RunRecord, classes_text, formula_concepts,
+                                 run_report)
+from netunits.files import file_sha256, read_csv
+from netunits.report import curve_chart, histogram_chart, mark
 from stages import report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package chromium; "
+                                                            ".ci/run installs it)")
 
 
 def chromium(tmp_path, *args):
@@ -24,16 +31,94 @@ def chromium(tmp_path, *args):
     return result.stdout
 
 
+def visible_units(dom):
+    """Unit numbers of the index's rows that are not hidden, in page order."""
+    return [int(u) for u, attrs in re.findall(r'<tr id="unit-(\d+)"([^>]*)>', dom) if "hidden" not in attrs]
+
+
+# --------------------------------------------------------------------------------------------
+# from tables in memory: three units, no files
+# --------------------------------------------------------------------------------------------
+def three_units(**changes):
+    roles = {"unit": ["0", "1", "2"], "rank_train": ["2", "0", "1"], "rank_test": ["1", "0", "2"],
+             "category_acc": ["both", "neither", "both"], "category_loss": ["both", "both", "train_only"]}
+    influence = {"unit": ["0", "1", "2"], "category_acc": roles["category_acc"], "influential_for_k5": ["0", "0;3", ""]}
+    clip = {"layer": ["layer4"] * 3, "unit": ["0", "1", "2"], "description": ["hole", "<script>x</script>", "holes_0"]}
+    run = RunRecord("artifacts/train/model.pt", "ab" * 32, "resnet18", "params.yaml", ("train.seed=3",), "cd" * 32,
+                    "Some CPU")
+    values = dict(n_units=3, layer="layer4", run=run, notes=[], roles=roles,
+                  curves={"train": [0.1, 0.5, 0.9, 1.0], "test": [0.1, 0.4, 0.8, 0.9]}, influence=influence,
+                  clip=clip, tables=[MethodTable("rof", roles, "r.csv", "../../r.csv"),
+                                     MethodTable("influence", influence, "i.csv", "../../i.csv"),
+                                     MethodTable("clip_dissect", clip, "c.csv", "../../c.csv")])
+    return ReportInputs(**{**values, **changes})
+
+
+def test_classes_are_named_as_classes_and_formulas_split_into_concepts():
+    assert classes_text("0") == "class 0" and classes_text("0 3") == "classes 0, 3" and classes_text("") == ""
+    assert formula_concepts("(hole AND digit_0) AND NOT top_half") == ["hole", "digit_0", "top_half"]
+    assert formula_concepts("thick CLOSE TO holes_1 OR x-X") == ["thick", "holes_1", "x-X"]
+
+
+def test_run_report_from_tables_in_memory():
+    result = run_report(three_units(), SimpleNamespace(thumbnail=112))
+    assert result.rows == [
+        {"unit": 0, "role": "both", "role_loss": "both", "rank_train": 2, "rank_test": 1, "classes": "0",
+         "clip": "hole"},
+        {"unit": 1, "role": "neither", "role_loss": "both", "rank_train": 0, "rank_test": 0, "classes": "0 3",
+         "clip": "<script>x</script>"},
+        {"unit": 2, "role": "both", "role_loss": "train_only", "rank_train": 1, "rank_test": 2, "classes": "",
+         "clip": "holes_0"}]
+    assert result.metrics["by_role"] == {"both": {"units": 2, "influential_share": 0.5},
+                                         "train_only": {"units": 0}, "test_only": {"units": 0},
+                                         "neither": {"units": 1, "influential_share": 1.0}}
+    assert "spearman_l1_rank_train_vs_iou" not in result.metrics and result.layer == "layer4"
+    index = result.files["index.html"]
+    # autoescaped: a description is text, never markup
+    assert "<script>x</script>" not in index and "&lt;script&gt;x&lt;/script&gt;" in index
+    assert ">class 0<" in index and ">classes 0, 3<" in index and ">influential for classes<" in index
+    # the run it shows
+    assert "ab" * 32 in index and "cd" * 32 in index and "Some CPU" in index and "--set train.seed=3" in index
+    assert '<script src="explorer.js"></script>' in index and "http" not in result.files["explorer.js"]
+    # every unit's page links to its row in each method's table, and each table row back to the page
+    page = result.files["units/1.html"]
+    for key in ("rof", "influence", "clip_dissect"):
+        assert f'href="../methods/{key}.html#unit-1"' in page
+        assert '<tr id="unit-1"><td><a href="../units/1.html">1</a>' in result.files[f"methods/{key}.html"]
+    assert 'href="../index.html#unit-1"' in page and '<tr id="unit-1"' in index
+    assert "methods/compose.html" not in page and "units/1.png" not in result.files
+    assert ">influential for classes</th><td>none<" in result.files["units/2.html"]
+    # the ROF curves with axes and the unit's place: rank 0 enters at n = 1
+    assert "units kept, in L1 order" in page and ">accuracy<" in page and "unit 1: n = 1" in page
+    assert result.summary() == f"report: 3 units of layer4, {result.summary().split(', ')[1]}"
+
+
+def test_curve_and_histogram_geometry():
+    chart = mark(curve_chart([0.0, 0.5, 1.0], "train"), rank=0, unit=7)
+    assert chart["points"] == f"{chart['left']:.1f},{chart['bottom']:.1f} " \
+        f"{(chart['left'] + chart['right']) / 2:.1f},{(chart['top'] + chart['bottom']) / 2:.1f} " \
+        f"{chart['right']:.1f},{chart['top']:.1f}"
+    assert chart["marker"] == pytest.approx((chart["left"] + chart["right"]) / 2, abs=0.05)   # n = 1 of 2
+    histogram = histogram_chart([0, 9, 999], top=2.0, threshold=1.0)
+    assert [t["label"] for t in histogram["yticks"]] == ["0", "10", "100"]
+    assert histogram["bars"][0]["h"] == 0 and histogram["bars"][2]["y"] == histogram["top"]
+    assert histogram["marker"] == pytest.approx((histogram["left"] + histogram["right"]) / 2, abs=0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# the stage on the tiny run
+# --------------------------------------------------------------------------------------------
 @pytest.fixture
 def reported(project):
-    assert run_main(report.main) == 0
+    """The tiny run's folder; its report is the one the tiny run made (with this code)."""
     return project
 
 
-def test_index_unit_pages_metrics_and_size(reported):
+def test_index_unit_pages_metrics_and_size(reported, capsys):
+    assert run_main(report.main) == 0
+    assert capsys.readouterr().out.startswith("report: 512 units of layer4, ")
     index = (reported / "artifacts/report/index.html").read_text()
-    assert len(re.findall(r"<tr data-role=", index)) == 512
-    assert "<script>" in index and "http" not in index.split("<script>")[1]      # nothing fetched
+    assert len(re.findall(r'<tr id="unit-', index)) == 512
     pages = list((reported / "artifacts/report/units").glob("*.html"))
     strips = [p for p in (reported / "artifacts/report/units").glob("*.png") if not p.stem.endswith("_formula")]
     formula_strips = list((reported / "artifacts/report/units").glob("*_formula.png"))
@@ -41,13 +126,19 @@ def test_index_unit_pages_metrics_and_size(reported):
     assert len(pages) == 512 and len(strips) == 512 and len(formula_strips) == with_formula > 0
     page = reported / "artifacts/report/units" / (formula_strips[0].stem.removesuffix("_formula") + ".html")
     assert "Where its formula holds" in page.read_text()
-    assert sum(f.stat().st_size for f in (reported / "artifacts/report").rglob("*") if f.is_file()) < 30 * 2**20
+    assert sum(f.stat().st_size for f in (reported / "artifacts/report").rglob("*") if f.is_file()) < 40 * 2**20
+    # each method's own table, one anchored row per unit
+    for key in ("rof", "dissection", "influence", "compose", "clip_dissect"):
+        table = (reported / f"artifacts/report/methods/{key}.html").read_text()
+        assert len(re.findall(r'<tr id="unit-\d+"><td><a href="../units/\d+.html">', table)) == 512
+        assert f'href="../methods/{key}.html#unit-0"' in (reported / "artifacts/report/units/0.html").read_text()
+    assert file_sha256(reported / "artifacts/train/model.pt") in index and "sha256 of the params in effect" in index
     metrics = json.loads((reported / "artifacts/metrics/report.json").read_text())
     roles = read_csv(reported / "artifacts/rof/unit_roles.csv", numeric=False)
     for role, entry in metrics["by_role"].items():
         assert entry["units"] == roles["category_acc"].count(role)
     assert -1 <= metrics["spearman_l1_rank_train_vs_iou"] <= 1
-    assert not metrics["left_out"]
+    assert not metrics["left_out"] and metrics["layer"] == "layer4"
     # the per-unit table: every method's answer, from its own output
     units = read_csv(reported / "artifacts/units.csv", numeric=False)
     formulas = read_csv(reported / "artifacts/compose/formulas.csv", numeric=False)
@@ -70,30 +161,64 @@ def test_a_missing_method_or_another_checkpoint_leaves_its_columns_out(reported)
     tallies = torch.load(reported / "artifacts/dissect/tallies.pt", weights_only=True)
     tallies["checkpoint_sha256"] = "0" * 64
     torch.save(tallies, reported / "artifacts/dissect/tallies.pt")
-    assert run_main(report.main) == 0
+    assert run_main(report.main, "--set", "report.thumbnail=32") == 0
     index = (reported / "artifacts/report/index.html").read_text()
     assert "influential filters left out: artifacts/influence/units.csv: file not found" in index
     assert "network dissection left out: artifacts/dissect/tallies.pt: made from another checkpoint" in index
     assert "CLIP-Dissect left out: artifacts/clip_dissect/layers/layer4.csv: file not found" in index
     assert "compositional explanations left out: formulas.csv has no row for each of the 512 units" in index
-    assert ">IoU<" not in index and ">influential for<" not in index and ">role (accuracy)<" in index
+    assert ">IoU<" not in index and ">influential for classes<" not in index and ">role (accuracy)<" in index
     assert ">formula<" not in index and ">CLIP-Dissect<" not in index
+    assert not list((reported / "artifacts/report/units").glob("*.png"))
+    assert [p.name for p in (reported / "artifacts/report/methods").iterdir()] == ["rof.html"]
+
+
+def test_a_corrupt_checkpoint_is_named_and_every_column_from_it_left_out(reported):
+    model = reported / "artifacts/train/model.pt"
+    model.write_bytes(model.read_bytes()[:1000])                     # truncated
+    assert run_main(report.main, "--set", "report.thumbnail=32") == 0
+    index = (reported / "artifacts/report/index.html").read_text()
+    assert "checkpoint unreadable, so every column computed from it is left out" in index
+    assert "artifacts/train/model.pt: corrupt or not a model checkpoint" in index
+    assert "another checkpoint" not in index
+    assert re.findall(r"<th [^>]*>([^<]*)<", index) == ["unit"]
+    assert read_csv(reported / "artifacts/units.csv", numeric=False) == {"unit": [str(u) for u in range(512)]}
+    metrics = json.loads((reported / "artifacts/metrics/report.json").read_text())
+    assert metrics["by_role"] == {} and metrics["layer"] is None and len(metrics["left_out"]) == 1
+    assert not (reported / "artifacts/report/methods").exists()
     assert not list((reported / "artifacts/report/units").glob("*.png"))
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package chromium; .ci/run "
-                                             "installs it)")
+@needs_chromium
 def test_the_report_in_headless_chromium(reported, tmp_path):
     index = reported / "artifacts/report/index.html"
-    roles = read_csv(reported / "artifacts/rof/unit_roles.csv", numeric=False)["category_acc"]
+    units = read_csv(reported / "artifacts/units.csv", numeric=False)
+    roles = units["role"]
     dom = chromium(tmp_path, "--dump-dom", index.as_uri())
-    rows = re.findall(r"<tr data-role=[^>]*>", dom)
-    assert len(rows) == 512 and not any("hidden" in r for r in rows)
+    assert visible_units(dom) == list(range(512)) and '<span id="shown">512</span>' in dom
     for role in ("test_only", "neither"):
         dom = chromium(tmp_path, "--dump-dom", index.as_uri() + f"#role={role}")
-        visible = [r for r in re.findall(r"<tr data-role=[^>]*>", dom) if "hidden" not in r]
-        assert len(visible) == roles.count(role) and all(f'data-role="{role}"' in r for r in visible)
+        assert visible_units(dom) == [u for u, r in enumerate(roles) if r == role]
         assert f'<span id="shown">{roles.count(role)}</span>' in dom
+    # an unknown role is named, and no unit has it
+    dom = chromium(tmp_path, "--dump-dom", index.as_uri() + "#role=tset_only")
+    assert visible_units(dom) == [] and 'the link asks for role "tset_only", which no unit has' in dom
+    assert re.search(r'<p class="note" id="linkerror">[^<]*tset_only', dom)
+    # concepts match exactly unless asked for substrings
+    name = units["concept"][0]
+    prefix = name[:-1]
+    dom = chromium(tmp_path, "--dump-dom", index.as_uri() + f"#concept={name}")
+    assert visible_units(dom) == [u for u, c in enumerate(units["concept"]) if c == name]
+    dom = chromium(tmp_path, "--dump-dom", index.as_uri() + f"#concept={prefix}")
+    assert visible_units(dom) == [u for u, c in enumerate(units["concept"]) if c == prefix]
+    dom = chromium(tmp_path, "--dump-dom", index.as_uri() + f"#concept={prefix}&match=substring&in=formula")
+    assert visible_units(dom) == [u for u, f in enumerate(units["formula"])
+                                  if any(prefix in c for c in formula_concepts(f))]
+    # sorted by a link, with the direction shown
+    dom = chromium(tmp_path, "--dump-dom", index.as_uri() + "#sort=iou&order=desc")
+    ious = [float(units["iou"][u]) for u in visible_units(dom)]
+    assert ious == sorted(ious, reverse=True) and len(ious) == 512
+    assert re.search(r'<th data-key="iou"[^>]*aria-sort="descending"[^>]*>IoU<span class="arrow">\u25BC</span>', dom)
     unit_page = reported / "artifacts/report/units/0.html"
     dom = chromium(tmp_path, "--dump-dom", unit_page.as_uri())
     assert '<img src="0.png"' in dom and (unit_page.parent / "0.png").stat().st_size > 0
