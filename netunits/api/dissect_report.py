@@ -19,7 +19,7 @@ from netunits.methods.dissection import (detector_summary, detectors_per_concept
 from netunits.methods.rof import CATEGORIES
 from netunits.models.checkpoint import load_checkpoint_file
 from netunits.models.registry import get_architecture
-from netunits.plots import close, concepts_per_layer_figure, save_figure, strips_figure
+from netunits.plots import close, concepts_per_layer_figure, save_figure, strip_label, strips_figure
 
 STRIP_UNITS = 8        # units in the image strips: the ROF block's best by IoU
 FIGURE_DPI = 110
@@ -83,7 +83,7 @@ def picture(image: torch.Tensor):
     return image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
 
 
-def _strips(inputs: DissectReportInputs, rows: list[dict]):
+def _strips(inputs: DissectReportInputs, rows: list[dict], threshold: float):
     """The ROF block's STRIP_UNITS best units by IoU, each on its top images with its mask."""
     tallies, layer = inputs.tallies, inputs.rof_layer
     t, size = tallies.per_layer[layer], tallies.mask_size
@@ -93,8 +93,9 @@ def _strips(inputs: DissectReportInputs, rows: list[dict]):
         masks = unit_masks(maps.transpose(0, 1), t.thresholds[unit:unit + 1], size)[0]
         pictures = [(picture(inputs.images[int(i)]), masks[j].view(size, -1).numpy())
                     for j, i in enumerate(t.top_images[unit])]
-        strip_rows.append((f"{layer} unit {unit}\n{rows[unit]['concept']}\nIoU {rows[unit]['iou']:.2f}", pictures))
-    return strips_figure(strip_rows)
+        strip_rows.append((strip_label(layer, unit, rows[unit]["concept"], rows[unit]["iou"]), pictures,
+                           rows[unit]["iou"]))
+    return strips_figure(strip_rows, threshold)
 
 
 def run_dissect_report(inputs: DissectReportInputs, config: Any) -> DissectReportResult:
@@ -111,8 +112,9 @@ def run_dissect_report(inputs: DissectReportInputs, config: Any) -> DissectRepor
     joined = [{**{key: values[u] for key, values in inputs.roles.items()}, "concept": rof_rows[u]["concept"],
                "iou": rof_rows[u]["iou"], "detector": rof_rows[u]["detector"]} for u in range(len(rof_rows))]
     metrics["by_role"] = role_summary(joined, CATEGORIES)
-    concepts = concepts_per_layer_figure({layer: detectors_per_concept(rows) for layer, rows in tables.items()})
-    return DissectReportResult(tables, joined, metrics, concepts, _strips(inputs, rof_rows))
+    concepts = concepts_per_layer_figure({layer: detectors_per_concept(rows) for layer, rows in tables.items()},
+                                         threshold)
+    return DissectReportResult(tables, joined, metrics, concepts, _strips(inputs, rof_rows, threshold))
 
 
 def write_dissect_report(result: DissectReportResult, paths: Mapping[str, Path]) -> None:
