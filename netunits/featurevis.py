@@ -77,14 +77,16 @@ class FourierImage:
     """n images of `channels` x size x size in [0, 1], parameterised by `spectrum`."""
 
     def __init__(self, n, channels, size, generators, sd=0.01, decay_power=1.0, colour_matrix=LUCID_COLOUR_CORRELATION,
-                 decorrelate=True):
+                 decorrelate=True, device="cpu"):
         self.size, self.channels = size, channels
         frequencies = _frequencies(size, size)
-        self.scale = (1.0 / frequencies.clamp_min(1.0 / size) ** decay_power)[None, None, :, :, None]
+        self.scale = (1.0 / frequencies.clamp_min(1.0 / size) ** decay_power)[None, None, :, :, None].to(device)
         shape = (channels, *frequencies.shape, 2)
-        # one generator per image, so an image's start does not depend on the others in the batch
-        self.spectrum = torch.stack([torch.randn(shape, generator=g) * sd for g in generators]).requires_grad_(True)
-        self.colour = _normalised(colour_matrix) if channels == 3 and decorrelate else None
+        # one cpu generator per image, so an image's start does not depend on the others in the
+        # batch nor on the device
+        spectrum = torch.stack([torch.randn(shape, generator=g) * sd for g in generators])
+        self.spectrum = spectrum.to(device).requires_grad_(True)
+        self.colour = _normalised(colour_matrix).to(device) if channels == 3 and decorrelate else None
 
     def __call__(self):
         spectrum = torch.view_as_complex(self.scale * self.spectrum)
@@ -117,7 +119,8 @@ def random_transform(image, transforms, generator):
         image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
     angle = math.radians(_choice(transforms["angles"], generator))
     if angle:
-        rotation = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0]])
+        rotation = torch.tensor([[math.cos(angle), -math.sin(angle), 0.0], [math.sin(angle), math.cos(angle), 0.0]],
+                                device=image.device)
         grid = F.affine_grid(rotation.expand(len(image), 2, 3), list(image.shape), align_corners=False)
         image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
     if transforms["jitter_after"]:
@@ -132,27 +135,29 @@ def to_model_input(image, input_spec):
     if image.shape[1] != channels:
         image = image.expand(-1, channels, -1, -1)
     if input_spec and input_spec["mean"] is not None:
-        mean = torch.tensor(input_spec["mean"]).view(1, -1, 1, 1)
-        std = torch.tensor(input_spec["std"]).view(1, -1, 1, 1)
+        mean = torch.tensor(input_spec["mean"], device=image.device).view(1, -1, 1, 1)
+        std = torch.tensor(input_spec["std"], device=image.device).view(1, -1, 1, 1)
         image = (image - mean) / std
     return image
 
 
 def _unit_means(output, units):
     """Each image's own unit, averaged over the map (N x C x H x W or N x C)."""
-    picked = output[torch.arange(len(units)), units]
+    picked = output[torch.arange(len(units), device=output.device), units.to(output.device)]
     return picked.flatten(1).mean(dim=1) if picked.dim() > 1 else picked
 
 
 def visualize(model, layer, units, *, size, channels, input_spec=None, steps=512, lr=0.05, seed=0,
-              transforms=None, decorrelate=True, colour_matrix=LUCID_COLOUR_CORRELATION, key="featurevis.units"):
+              transforms=None, decorrelate=True, colour_matrix=LUCID_COLOUR_CORRELATION, device="cpu",
+              key="featurevis.units"):
     """Optimise one image per unit of `layer` (a module name) to maximise the unit's mean
     activation. Returns {"images": float32 len(units) x channels x size x size in [0, 1],
     "activation": each unit's mean activation on its final image, untransformed}.
 
     Unit u starts from the spectrum drawn by a generator seeded with (seed, u), and the
-    transforms come from a generator seeded with `seed`: the same arguments give the same bits.
-    Runs on the cpu in float32, in eval mode; the model's parameters get no gradients.
+    transforms come from a generator seeded with `seed`: the same arguments give the same bits
+    (on the cpu; elsewhere as far as the device's kernels are deterministic). Runs in float32 on
+    `device` (where the model is), in eval mode; the model's parameters get no gradients.
     """
     modules = dict(model.named_modules())
     if layer not in modules:
@@ -166,7 +171,7 @@ def visualize(model, layer, units, *, size, channels, input_spec=None, steps=512
     try:
         image = FourierImage(len(units), channels, size,
                              [torch.Generator().manual_seed(seed * 1_000_003 + int(u)) for u in units],
-                             colour_matrix=colour_matrix, decorrelate=decorrelate)
+                             colour_matrix=colour_matrix, decorrelate=decorrelate, device=device)
         with torch.no_grad():
             model(to_model_input(image()[:1], input_spec))
         n_units = captured["out"].shape[1]
@@ -188,4 +193,24 @@ def visualize(model, layer, units, *, size, channels, input_spec=None, steps=512
     finally:
         hook.remove()
         model.train(was_training)
-    return {"images": final.detach().clone(), "activation": activation.detach().clone()}
+    return {"images": final.detach().cpu().clone(), "activation": activation.detach().cpu().clone()}
+
+
+def select_units(categories, scores, n):
+    """The default selection when a layer has more units than are visualized: n units taken in
+    turn from each role (the order roles first appear in `categories`, one unit per role per
+    round), within a role by descending `scores` (e.g. the best dissection IoU: the best
+    detectors first; ties to the lower index). Every role is covered once n >= the number of
+    roles. Returns the unit indices, ascending."""
+    if n < 1:
+        raise PipelineError(f"params.yaml: 'featurevis.n_units' is {n}; it must be at least 1")
+    queues = {}
+    for unit in sorted(range(len(categories)), key=lambda u: (-float(scores[u]), u)):
+        queues.setdefault(categories[unit], []).append(unit)
+    queues = [queues[role] for role in dict.fromkeys(categories)]
+    chosen = []
+    while len(chosen) < min(n, len(categories)):
+        for queue in queues:
+            if queue and len(chosen) < n:
+                chosen.append(queue.pop(0))
+    return sorted(chosen)

@@ -5,7 +5,7 @@ from torch import nn
 
 from netunits.errors import PipelineError
 from netunits.featurevis import (LUCID_COLOUR_CORRELATION, FourierImage, colour_correlation, default_transforms,
-                                 visualize)
+                                 select_units, visualize)
 from netunits.models.inputs import input_spec
 
 SIZE = 16
@@ -115,3 +115,14 @@ def test_default_transforms_scale_lucids_pixels():
     assert default_transforms(224)["pad"] == 12 and default_transforms(224)["jitter"] == 8
     assert default_transforms(32) | {"scales": None, "angles": None} == \
         {"pad": 2, "jitter": 1, "jitter_after": 1, "scales": None, "angles": None}
+
+
+def test_selection_covers_every_role_with_the_best_detectors_first():
+    roles = ["both", "both", "neither", "both", "train_only", "neither"]
+    iou = [0.1, 0.3, 0.05, 0.3, 0.0, 0.2]
+    # round 1: both -> unit 1 (0.3, lower index than 3), neither -> 5, train_only -> 4; round 2: 3
+    assert select_units(roles, iou, 4) == [1, 3, 4, 5]
+    assert select_units(roles, iou, 3) == [1, 4, 5]
+    assert select_units(roles, iou, 10) == list(range(6))
+    with pytest.raises(PipelineError, match="featurevis.n_units"):
+        select_units(roles, iou, 0)
