@@ -11,8 +11,9 @@ colours shown on their monitors; matplotlib ships its 949 most common names and 
 matplotlib.colors.XKCD_COLORS):
 
 - `xkcd_names` (the default): every survey name whose last word (its head noun) is a basic term,
-  558 colours ("sky blue", "dusty green", "greenish grey" -> blue, green, grey); the many muted
-  colours among them name the muted colours of photographs;
+  558 colours ("sky blue", "dusty green", "greenish grey" -> blue, green, grey; the rule is
+  literal: "blue with a hint of purple" counts as purple); the many muted colours among them
+  name the muted colours of photographs;
 - `xkcd_basic`: only "<term>", "light <term>" and "dark <term>" (29 colours, listed below).
   One colour per term is not enough in CIELab: lightness dominates the distance, so a sky
   blue would fall to white or grey; the light and dark variants cover each term's lightness.
@@ -68,8 +69,8 @@ def concept_table(class_names):
         ("edge", "edge", "pixel", "Canny edges (scikit-image, sigma 1.5) of any of R, G and B"),
         ("bright", "lightness", "pixel", "pixels whose CIELab lightness is in the probe set's highest third"),
         ("dark", "lightness", "pixel", "pixels whose CIELab lightness is in the probe set's lowest third"),
-        ("textured", "texture", "pixel", "pixels whose 3 x 3 lightness standard deviation is in the probe's highest third"),
-        ("flat", "texture", "pixel", "pixels whose 3 x 3 lightness standard deviation is in the probe's lowest third"),
+        ("textured", "texture", "pixel", "pixels whose 3 x 3 lightness standard deviation is in the highest third"),
+        ("flat", "texture", "pixel", "pixels whose 3 x 3 lightness standard deviation is in the lowest third"),
     ]
     pixel += [(name, "position", "pixel", description) for name, description in POSITION.items()]
     image = [(name, "class", "image", f"the image's label is {name}") for name in class_names]
