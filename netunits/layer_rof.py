@@ -19,7 +19,7 @@ from torch import nn
 
 from netunits.activations import get_layer, iterate_activations
 from netunits.errors import PipelineError
-from netunits.methods.rof import rank_units
+from netunits.methods.rof import rank_units, turning_points
 from netunits.models.inputs import images_to_input
 from netunits.runtime import autocast, progress
 
@@ -127,19 +127,31 @@ def retrieval_at_layer(model, layer, maps, labels, order, ks, batch_size, device
     return dict(sorted(results.items()))
 
 
-def refine(results, model, layer, maps, labels, order, batch_size, device, precision, key="rof.layers"):
-    """Every K between the grid neighbours of the grid's best accuracy (first maximum) and best
-    loss (first minimum) evaluated as well, so those turning points are exact if the curve has
-    no better point farther from the grid's best. Returns the merged {K: (accuracy, loss)}."""
+def grid_turning_points(results, acc_tolerance=0.0, loss_tolerance=0.0):
+    """rof.turning_points on the evaluated K only: {definition: {metric: K}}."""
     ks = sorted(results)
-    best_acc = max(ks, key=lambda k: (results[k][0], -k))
-    best_loss = min(ks, key=lambda k: (results[k][1], k))
-    extra = set()
-    for best in (best_acc, best_loss):
-        i = ks.index(best)
-        low, high = ks[max(0, i - 1)], ks[min(len(ks) - 1, i + 1)]
-        extra |= set(range(low, high + 1)) - set(ks)
-    if extra:
-        results = {**results, **retrieval_at_layer(model, layer, maps, labels, order, sorted(extra), batch_size,
-                                                   device, precision, key=key)}
-    return dict(sorted(results.items()))
+    points = turning_points(torch.tensor([results[k][0] for k in ks], dtype=torch.float64),
+                            torch.tensor([results[k][1] for k in ks], dtype=torch.float64),
+                            acc_tolerance, loss_tolerance)
+    return {definition: {metric: ks[i] for metric, i in by_metric.items()} for definition, by_metric in points.items()}
+
+
+def refine(results, model, layer, maps, labels, order, batch_size, device, precision, acc_tolerance=0.0,
+           loss_tolerance=0.0, key="rof.layers"):
+    """Evaluate every K between a turning point found on the grid and its grid neighbours (both
+    definitions, both metrics, as rof.turning_points), again until no turning point moves to a
+    new gap. The turning points are then those of the full curve unless a better point lies
+    more than one grid step away from every point the grid found best. Returns the merged
+    {K: (accuracy, loss)}."""
+    results = dict(results)
+    while True:
+        ks = sorted(results)
+        extra = set()
+        for by_metric in grid_turning_points(results, acc_tolerance, loss_tolerance).values():
+            for k in by_metric.values():
+                i = ks.index(k)
+                extra |= set(range(ks[max(0, i - 1)], ks[min(len(ks) - 1, i + 1)] + 1)) - set(ks)
+        if not extra:
+            return dict(sorted(results.items()))
+        results.update(retrieval_at_layer(model, layer, maps, labels, order, sorted(extra), batch_size, device,
+                                          precision, key=key))

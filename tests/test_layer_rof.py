@@ -4,8 +4,8 @@ import torch
 from torch import nn
 
 from netunits.errors import PipelineError
-from netunits.layer_rof import (channel_order, grid, layer_maps, refine, retrieval_at_layer, tail_logits,
-                                tail_modules)
+from netunits.layer_rof import (channel_order, grid, grid_turning_points, layer_maps, refine, retrieval_at_layer,
+                                tail_logits, tail_modules)
 from netunits.models.cifar_resnet import cifar_resnet
 
 DEVICE = torch.device("cpu")
@@ -75,19 +75,22 @@ def test_channel_order_by_l1_ties_to_the_lower_index():
     assert channel_order(maps).tolist() == [1, 3, 2, 0]
 
 
-def test_grid_and_refinement_around_the_best_points():
+def test_grid_and_refinement_find_the_full_curves_turning_points():
     assert grid(10, 4) == [0, 4, 8, 10] and grid(3, 1) == [0, 1, 2, 3]
     model, images, labels = tiny()
     maps, logits = layer_maps(model, images, "layer2", BATCH, DEVICE, "fp32")
     order = channel_order(maps)
     full = retrieval_at_layer(model, "layer2", maps, labels, order, range(33), BATCH, DEVICE, "fp32")
     coarse = {k: full[k] for k in grid(32, 8)}
-    refined = refine(coarse, model, "layer2", maps, labels, order, BATCH, DEVICE, "fp32")
-    assert all(refined[k] == full[k] for k in refined)
-    ks = sorted(coarse)
-    for best in (max(ks, key=lambda k: (coarse[k][0], -k)), min(ks, key=lambda k: (coarse[k][1], k))):
-        i = ks.index(best)
-        assert set(range(ks[max(0, i - 1)], ks[min(len(ks) - 1, i + 1)] + 1)) <= set(refined)
+    for tolerances in ((0.0, 0.0), (0.05, 0.02)):
+        refined = refine(coarse, model, "layer2", maps, labels, order, BATCH, DEVICE, "fp32", *tolerances)
+        assert all(refined[k] == full[k] for k in refined) and len(refined) < len(full)
+        assert grid_turning_points(refined, *tolerances) == grid_turning_points(full, *tolerances)
+        ks = sorted(coarse)
+        for by_metric in grid_turning_points(coarse, *tolerances).values():
+            for k in by_metric.values():
+                i = ks.index(k)
+                assert set(range(ks[max(0, i - 1)], ks[min(len(ks) - 1, i + 1)] + 1)) <= set(refined)
 
 
 def test_bad_layers_and_grids_are_one_line():
