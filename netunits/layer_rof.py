@@ -20,7 +20,6 @@ from torch import nn
 from netunits.activations import get_layer, iterate_activations
 from netunits.errors import PipelineError
 from netunits.methods.rof import rank_units, turning_points
-from netunits.models.inputs import images_to_input
 from netunits.runtime import autocast, progress
 
 
