@@ -61,7 +61,7 @@ POSITION = {
 BRIGHTNESS = ("low", "medium", "high")
 
 
-def concept_table(class_names):
+def concept_table(class_names: list[str]) -> list[tuple[str, str, str, str]]:
     """(name, category, level, description) of every concept, pixel-level first."""
     pixel = [(term, "colour", "pixel", f"pixels named {term}: nearest xkcd survey colour in CIELab")
              for term in TERMS]
@@ -83,12 +83,12 @@ def concept_table(class_names):
     return pixel + image
 
 
-def check_colour_rule(rule, key="probe.colour_rule"):
+def check_colour_rule(rule: str, key: str = "probe.colour_rule") -> None:
     if rule not in COLOUR_RULES:
         raise PipelineError(f"params.yaml: '{key}' is {rule!r}; allowed: {', '.join(COLOUR_RULES)}")
 
 
-def xkcd_named_colours(rule):
+def xkcd_named_colours(rule: str) -> list[tuple[str, str]]:
     """[(hex sRGB, term)] of a rule's centroids: xkcd_basic in TERMS order (term, light, dark);
     xkcd_names in matplotlib's order of the survey's names."""
     if rule == "xkcd_basic":
@@ -110,7 +110,7 @@ def _centroids_lab(rule):
     return rgb2lab(np.array(rgb)[None])[0], np.array([TERMS.index(term) for _, term in named])
 
 
-def name_colours(rgb, rule="xkcd_names"):
+def name_colours(rgb: np.ndarray, rule: str = "xkcd_names") -> np.ndarray:
     """Term index (into TERMS) per pixel: rgb uint8 ... x 3 (channels last); ties go to the
     earlier centroid (xkcd_named_colours' order)."""
     from skimage.color import rgb2lab
@@ -133,7 +133,7 @@ def name_colours(rgb, rule="xkcd_names"):
     return term[inverse].reshape(rgb.shape[:-1])
 
 
-def colourfulness(rgb):
+def colourfulness(rgb: np.ndarray) -> np.ndarray:
     """Hasler and Suesstrunk's colourfulness M of each image (rgb float N x H x W x 3 in 0..255):
     rg = R - G, yb = (R + G) / 2 - B, M = sqrt(sd_rg^2 + sd_yb^2) + 0.3 sqrt(mean_rg^2 + mean_yb^2)."""
     rgb = np.asarray(rgb, dtype=np.float64)
@@ -178,7 +178,8 @@ def _level(values, cuts):
     return np.where(values <= cuts[0], 0, np.where(values > cuts[1], 2, 1))
 
 
-def natural_annotations(rgb, labels, class_names, rule="xkcd_names"):
+def natural_annotations(rgb: np.ndarray, labels: np.ndarray, class_names: list[str],
+                        rule: str = "xkcd_names") -> tuple[np.ndarray, np.ndarray]:
     """Masks and labels for a probe set of natural images: rgb uint8 N x H x W x 3 at the mask
     resolution, labels int N. Returns (pixel masks bool N x P x H x W, image labels bool N x I),
     in concept_table order."""
@@ -215,7 +216,9 @@ def natural_annotations(rgb, labels, class_names, rule="xkcd_names"):
     return masks, on
 
 
-def natural_probe(images, labels, indices, mask_size, class_names, source="cifar10", rule="xkcd_names"):
+def natural_probe(images: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor, mask_size: int,
+                  class_names: list[str] | tuple[str, ...], source: str = "cifar10",
+                  rule: str = "xkcd_names") -> tuple[dict, np.ndarray]:
     """A probe set (netunits/data/probe.py's format) from uint8 N x 3 x S x S images at the
     model's size, their labels and their indices in the split they come from; concepts are
     computed on the images resized to mask_size. Returns (probe, masks bool N x P x M x M)."""

@@ -51,7 +51,7 @@ class DecomposedHead(nn.Module):
             return (picked * self.weight).sum(dim=2) + self.bias
 
 
-def check_sets(sets, n_classes, n_units, key="influence.k"):
+def check_sets(sets, n_classes: int, n_units: int, key: str = "influence.k") -> torch.Tensor:
     sets = torch.as_tensor(sets)
     if sets.dim() != 2 or sets.shape[0] != n_classes or not 1 <= sets.shape[1] <= n_units:
         raise PipelineError(f"params.yaml: '{key}': the class sets must be {n_classes} rows of 1 to {n_units} units "
@@ -73,7 +73,8 @@ def decompose(model: nn.Module, sets: torch.Tensor) -> nn.Module:
     return network
 
 
-def evaluate_decomposed(network, subset, *, batch_size, device, precision, input_spec=None, layer="avgpool"):
+def evaluate_decomposed(network: nn.Module, subset: dict, *, batch_size: int, device: torch.device, precision: str,
+                        input_spec: dict | None = None, layer: str = "avgpool") -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of the decomposed network on a prepared subset (images uint8,
     labels), through influence.decomposed_logits (see the module's docstring)."""
     features, _ = pooled_features(network, subset["images"], [layer], batch_size, device, precision, input_spec,
@@ -85,8 +86,9 @@ def evaluate_decomposed(network, subset, *, batch_size, device, precision, input
     return influence.accuracy(logits, subset["labels"]), float(nn.functional.cross_entropy(logits, subset["labels"]))
 
 
-def finetune(model, sets, train, test, *, epochs, batch_size, lr, seed, device, precision, eval_batch_size,
-             input_spec=None, layer="avgpool"):
+def finetune(model: nn.Module, sets: torch.Tensor, train: dict, test: dict, *, epochs: int, batch_size: int, lr: float,
+             seed: int, device: torch.device, precision: str, eval_batch_size: int, input_spec: dict | None = None,
+             layer: str = "avgpool") -> tuple[nn.Module, list[dict]]:
     """Decompose a copy of `model` by the class sets and train it end to end with Adam.
 
     train, test: prepared subsets ({"images": uint8 N x C x S x S, "labels"}). The batches come

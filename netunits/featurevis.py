@@ -43,7 +43,7 @@ LUCID_COLOUR_CORRELATION = ((0.26, 0.09, 0.02),
                             (0.27, -0.09, 0.03))
 
 
-def colour_correlation(images_u8):
+def colour_correlation(images_u8: torch.Tensor) -> torch.Tensor:
     """A square root of the RGB covariance of uint8 N x 3 x H x W images (values / 255), Lucid's
     way: U sqrt(S) from the SVD of the covariance, so that M M^T is the covariance (float64)."""
     pixels = images_u8.permute(1, 0, 2, 3).reshape(3, -1).to(torch.float64) / 255.0
@@ -58,7 +58,7 @@ def _normalised(matrix):
     return matrix / matrix.norm(dim=0).max()
 
 
-def default_transforms(size):
+def default_transforms(size: int) -> dict:
     """Lucid's standard transforms (pad 12, jitter 8, scales 0.9..1.1, rotations -10..10 degrees
     with extra weight on 0, jitter 4 at 224 px), pixel sizes scaled to `size` (at least 1)."""
     scaled = lambda pixels: max(1, round(pixels * size / 224))          # noqa: E731
@@ -106,7 +106,7 @@ def _shift(image, pixels, generator):
     return torch.roll(image, shifts=(dy, dx), dims=(2, 3))
 
 
-def random_transform(image, transforms, generator):
+def random_transform(image: torch.Tensor, transforms: dict, generator: torch.Generator) -> torch.Tensor:
     """One random draw of the transforms, the same for every image of the batch."""
     pad = transforms["pad"]
     if pad:
@@ -128,7 +128,7 @@ def random_transform(image, transforms, generator):
     return image
 
 
-def to_model_input(image, input_spec):
+def to_model_input(image: torch.Tensor, input_spec: dict | None) -> torch.Tensor:
     """Images in [0, 1] -> the model's input: grey repeated to its channels, normalised as its
     checkpoint records (the float path of netunits.models.inputs.images_to_input)."""
     channels = input_spec["channels"] if input_spec else 3
@@ -147,9 +147,10 @@ def _unit_means(output, units):
     return picked.flatten(1).mean(dim=1) if picked.dim() > 1 else picked
 
 
-def visualize(model, layer, units, *, size, channels, input_spec=None, steps=512, lr=0.05, seed=0,
-              transforms=None, decorrelate=True, colour_matrix=LUCID_COLOUR_CORRELATION, device="cpu",
-              key="featurevis.units"):
+def visualize(model: torch.nn.Module, layer: str, units, *, size: int, channels: int, input_spec: dict | None = None,
+              steps: int = 512, lr: float = 0.05, seed: int = 0, transforms: dict | None = None,
+              decorrelate: bool = True, colour_matrix=LUCID_COLOUR_CORRELATION, device="cpu",
+              key: str = "featurevis.units") -> dict:
     """Optimise one image per unit of `layer` (a module name) to maximise the unit's mean
     activation. Returns {"images": float32 len(units) x channels x size x size in [0, 1],
     "activation": each unit's mean activation on its final image, untransformed}.
@@ -196,7 +197,7 @@ def visualize(model, layer, units, *, size, channels, input_spec=None, steps=512
     return {"images": final.detach().cpu().clone(), "activation": activation.detach().cpu().clone()}
 
 
-def select_units(categories, scores, n):
+def select_units(categories: list[str], scores, n: int) -> list[int]:
     """The default selection when a layer has more units than are visualized: n units taken in
     turn from each role (the order roles first appear in `categories`, one unit per role per
     round), within a role by descending `scores` (e.g. the best dissection IoU: the best

@@ -42,7 +42,7 @@ def tail_modules(model: nn.Module, layer: str, key: str = "rof.layers") -> list[
                         f"e.g. {names[-3]}.0)")
 
 
-def run_tail(modules, x):
+def run_tail(modules: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
     for module in modules:
         if isinstance(module, nn.Linear) and x.dim() > 2:
             x = x.flatten(1)
@@ -50,7 +50,9 @@ def run_tail(modules, x):
     return x
 
 
-def layer_maps(model, images_u8, layer, batch_size, device, precision, input_spec=None, key="rof.layers"):
+def layer_maps(model: nn.Module, images_u8: torch.Tensor, layer: str, batch_size: int, device: torch.device,
+               precision: str, input_spec: dict | None = None,
+               key: str = "rof.layers") -> tuple[torch.Tensor, torch.Tensor]:
     """(the layer's output maps N x C x H x W on the cpu, as the forward produced them, and the
     model's logits fp32 N x classes)."""
     maps, logits = [], []
@@ -64,13 +66,15 @@ def layer_maps(model, images_u8, layer, batch_size, device, precision, input_spe
     return torch.cat(maps), torch.cat(logits)
 
 
-def channel_order(maps):
+def channel_order(maps: torch.Tensor) -> torch.Tensor:
     """Channels by descending L1 norm over samples and positions (float64), ties to the lower index."""
     return rank_units(maps.to(torch.float64).abs().sum(dim=(0, 2, 3)), descending=True)
 
 
 @torch.no_grad()
-def tail_logits(model, layer, maps, keep, batch_size, device, precision, reference_logits=None, key="rof.layers"):
+def tail_logits(model: nn.Module, layer: str, maps: torch.Tensor, keep: torch.Tensor, batch_size: int,
+                device: torch.device, precision: str, reference_logits: torch.Tensor | None = None,
+                key: str = "rof.layers") -> torch.Tensor:
     """Logits (fp32, cpu) of the rest of the network on the maps with only the channels in `keep`
     (bool C) left, the others set to exactly zero. With reference_logits (the model's own; keep
     then holds every channel), the result must reproduce them bit for bit.
@@ -94,7 +98,7 @@ def tail_logits(model, layer, maps, keep, batch_size, device, precision, referen
     return logits
 
 
-def check_grid(ks, n_channels, key="rof.k_grid"):
+def check_grid(ks, n_channels: int, key: str = "rof.k_grid") -> list[int]:
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 0 or ks[-1] > n_channels:
         raise PipelineError(f"params.yaml: '{key}' must be channel counts from 0 to {n_channels}; got "
@@ -102,13 +106,15 @@ def check_grid(ks, n_channels, key="rof.k_grid"):
     return ks
 
 
-def grid(n_channels, step):
+def grid(n_channels: int, step: int) -> list[int]:
     """0, step, 2 step, ... and n_channels (every K when step is 1)."""
     return sorted(set(range(0, n_channels + 1, max(1, step))) | {n_channels})
 
 
-def retrieval_at_layer(model, layer, maps, labels, order, ks, batch_size, device, precision, reference_logits=None,
-                       key="rof.layers"):
+def retrieval_at_layer(model: nn.Module, layer: str, maps: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
+                       ks, batch_size: int, device: torch.device, precision: str,
+                       reference_logits: torch.Tensor | None = None,
+                       key: str = "rof.layers") -> dict[int, tuple[float, float]]:
     """{K: (accuracy, mean cross-entropy in float64)} for every K of ks: the top K channels of
     `order` kept, the rest of the network run on the masked maps."""
     n_channels = maps.shape[1]
@@ -126,7 +132,7 @@ def retrieval_at_layer(model, layer, maps, labels, order, ks, batch_size, device
     return dict(sorted(results.items()))
 
 
-def grid_turning_points(results, acc_tolerance=0.0, loss_tolerance=0.0):
+def grid_turning_points(results: dict, acc_tolerance: float = 0.0, loss_tolerance: float = 0.0) -> dict:
     """rof.turning_points on the evaluated K only: {definition: {metric: K}}."""
     ks = sorted(results)
     points = turning_points(torch.tensor([results[k][0] for k in ks], dtype=torch.float64),
@@ -135,8 +141,9 @@ def grid_turning_points(results, acc_tolerance=0.0, loss_tolerance=0.0):
     return {definition: {metric: ks[i] for metric, i in by_metric.items()} for definition, by_metric in points.items()}
 
 
-def refine(results, model, layer, maps, labels, order, batch_size, device, precision, acc_tolerance=0.0,
-           loss_tolerance=0.0, key="rof.layers"):
+def refine(results: dict, model: nn.Module, layer: str, maps: torch.Tensor, labels: torch.Tensor, order: torch.Tensor,
+           batch_size: int, device: torch.device, precision: str, acc_tolerance: float = 0.0,
+           loss_tolerance: float = 0.0, key: str = "rof.layers") -> dict[int, tuple[float, float]]:
     """Evaluate every K between a turning point found on the grid and its grid neighbours (both
     definitions, both metrics, as rof.turning_points), again until no turning point moves to a
     new gap. The turning points are then those of the full curve unless a better point lies
