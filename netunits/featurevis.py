@@ -14,14 +14,16 @@
   sizes in pixels scaled from Lucid's 224 px to the image size (pad 12 -> 2 at 32 px);
 - Adam (lr 0.05) maximises the unit's mean activation over the layer's map.
 
-Compact rather than torch-lucent 0.1.8 (2021, the last release): it pins kornia<=0.4.1 and
-requires ipython, pytest, pytest-mock, coverage, coveralls and scikit-learn at run time, draws
-its random transforms from numpy's and torch's global generators (no seed), always applies
-ImageNet's normalisation, and upsamples images smaller than 224 px to 224 px before the model,
-which shows a 32 px CIFAR network objects seven times its training scale (the blurry CIFAR
-results its users report). Here the model sees images at its own size, normalised as its
-checkpoint records, and every random draw comes from one seeded generator, so the same seed
-gives the same tensor.
+Compact rather than torch-lucent 0.1.8 (2021, the last release). Tried beside torch 2.13 in a
+scratch folder (never installed here): its pinned kornia 0.4.1 runs, and it renders RGB units of
+the CIFAR ResNet20 once `decorator` and ipython are added, but it requires ipython, pytest,
+pytest-mock, coverage, coveralls and scikit-learn at run time; a grey (one-channel) image fails
+in its ImageNet normalisation, reported only as "There are no saved feature maps"; its random
+transforms come from numpy's and torch's global generators (no seed); and it upsamples images
+smaller than 224 px to 224 px unless told otherwise, which shows a 32 px CIFAR network objects
+seven times its training scale (a likely cause of the blurry CIFAR results its users report).
+Here the model sees images at its own size, normalised as its checkpoint records, grey images
+stay grey, and every random draw comes from seeded generators: the same seed, the same tensor.
 
 Several units optimise together as one batch (one image per unit): eval-mode batch norm keeps
 the images independent, and every image sees the same transforms.
