@@ -1,11 +1,13 @@
 """examples/explore.ipynb, executed on the tiny run: it runs without error, shows the unit with
 the highest dissection IoU as units.csv has it, recomputes the same dissection answer through
-netunits.api on the whole (tiny) probe set, and shows two figures."""
+netunits.api on the whole (tiny) probe set, and shows two figures; without the checkpoint and
+the probe set (DVC outputs) it shows the committed answers and says what it skipped. Both run
+the tiny run, so both are slow (conftest)."""
 import os
 import re
+import shutil
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from conftest import ROOT
@@ -30,9 +32,9 @@ def test_committed_without_outputs():
                for cell in notebook.cells if cell.cell_type == "code")
 
 
-@pytest.mark.slow
-def test_the_notebook_runs_on_a_tiny_run(tiny_run, monkeypatch):
-    monkeypatch.setenv("NETUNITS_RUN_DIR", str(tiny_run))
+def execute(run_dir, monkeypatch):
+    """The notebook, run as Jupyter runs it (from examples/) on the run in `run_dir`."""
+    monkeypatch.setenv("NETUNITS_RUN_DIR", str(run_dir))
     monkeypatch.delenv("NETUNITS_UNIT", raising=False)
     monkeypatch.delenv("NETUNITS_PROBE_IMAGES", raising=False)
     # the kernel imports this checkout's netunits, whatever the environment has installed
@@ -40,6 +42,11 @@ def test_the_notebook_runs_on_a_tiny_run(tiny_run, monkeypatch):
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=120, kernel_name="python3",
                    resources={"metadata": {"path": str(ROOT / "examples")}}).execute()
+    return notebook
+
+
+def test_the_notebook_runs_on_a_tiny_run(tiny_run, monkeypatch):
+    notebook = execute(tiny_run, monkeypatch)
     text = stream_text(notebook)
 
     units = read_csv(tiny_run / "artifacts/units.csv", numeric=False)
@@ -59,3 +66,15 @@ def test_the_notebook_runs_on_a_tiny_run(tiny_run, monkeypatch):
     assert f"recomputed: {committed['concept'][unit]} IoU {committed['iou'][unit]};" in text
     assert "same answer as the committed table: True" in text
     assert len(pictures(notebook)) == 2            # the ROF curves and the unit's strip
+
+
+def test_without_the_checkpoint_it_shows_the_committed_answers_and_says_what_it_skipped(tiny_run, tmp_path,
+                                                                                          monkeypatch):
+    shutil.copy(tiny_run / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(tiny_run / "artifacts", tmp_path / "artifacts",
+                    ignore=lambda folder, names: ["model.pt"] if folder.endswith("train") else [])
+    notebook = execute(tmp_path, monkeypatch)
+    text = stream_text(notebook)
+    assert f"skipped: {tmp_path / 'artifacts/train/model.pt'}, {tmp_path / 'data/probe/probe.pt'} missing" in text
+    assert "recomputed" not in text
+    assert len(pictures(notebook)) == 1            # the ROF curves
