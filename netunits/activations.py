@@ -7,6 +7,8 @@ is what ROF reads at `avgpool` (ResNet's pooled features, the final layer's inpu
 """
 from __future__ import annotations
 
+from typing import Any, Iterator, Mapping, Sequence
+
 import torch
 
 from netunits.errors import PipelineError
@@ -14,12 +16,12 @@ from netunits.models.inputs import images_to_input
 from netunits.runtime import autocast, progress
 
 
-def layer_names(model):
+def layer_names(model: torch.nn.Module) -> list[str]:
     """Every named module, in definition order ('layer4', 'layer4.1.conv2', 'avgpool', ...)."""
     return [name for name, _ in model.named_modules() if name]
 
 
-def get_layer(model, name, key, source="params.yaml"):
+def get_layer(model: torch.nn.Module, name: str, key: str, source: str = "params.yaml") -> torch.nn.Module:
     modules = dict(model.named_modules())
     if not name or name not in modules:
         top = [n for n in layer_names(model) if "." not in n]
@@ -28,7 +30,7 @@ def get_layer(model, name, key, source="params.yaml"):
     return modules[name]
 
 
-def pool(output):
+def pool(output: torch.Tensor) -> torch.Tensor:
     """One value per unit: spatial maps N x C x H x W are averaged in fp32, N x C passes as is."""
     output = output.float()
     if output.dim() == 4:
@@ -40,8 +42,10 @@ def pool(output):
 
 
 @torch.no_grad()
-def iterate_activations(model, images_u8, layers, batch_size, device, precision, input_spec=None,
-                        desc="forward", key="extract_features.layers", source="params.yaml"):
+def iterate_activations(model: torch.nn.Module, images_u8: torch.Tensor, layers: Sequence[str], batch_size: int,
+                        device: torch.device, precision: str, input_spec: Mapping[str, Any] | None = None,
+                        desc: str = "forward", key: str = "extract_features.layers",
+                        source: str = "params.yaml") -> Iterator[tuple[int, dict[str, torch.Tensor], torch.Tensor]]:
     """Eval-mode forward passes; yields (first index, {layer: output on the cpu}, logits fp32 on the
     cpu) per batch of images."""
     modules = {name: get_layer(model, name, key, source) for name in layers}
@@ -64,8 +68,10 @@ def iterate_activations(model, images_u8, layers, batch_size, device, precision,
             hook.remove()
 
 
-def pooled_features(model, images_u8, layers, batch_size, device, precision, input_spec=None, desc="forward",
-                    key="extract_features.layers", source="params.yaml"):
+def pooled_features(model: torch.nn.Module, images_u8: torch.Tensor, layers: Sequence[str], batch_size: int,
+                    device: torch.device, precision: str, input_spec: Mapping[str, Any] | None = None,
+                    desc: str = "forward", key: str = "extract_features.layers",
+                    source: str = "params.yaml") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """({layer: N x units fp32}, logits N x n_classes fp32), both on the cpu."""
     pooled, logits = {name: [] for name in layers}, []
     for _, outputs, batch_logits in iterate_activations(model, images_u8, layers, batch_size, device, precision,

@@ -7,6 +7,8 @@ digit size) are terciles or medians over the probe set, so they adapt to the ima
 """
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 import numpy as np
 
 # (name, category, level, description)
@@ -65,7 +67,7 @@ def _orientation(grey):
     return (-(gradient_angle + 90.0)) % 180.0                                 # along the stroke, y up
 
 
-def digit_geometry(grey):
+def digit_geometry(grey: np.ndarray) -> dict[str, Any]:
     """The measurements of one grey digit (float array in [0, 1], ink bright) that the masks
     and image-level concepts need, before the probe-wide cut-offs."""
     from scipy.ndimage import binary_fill_holes, distance_transform_edt, label, maximum_filter
@@ -99,7 +101,7 @@ def digit_geometry(grey):
             "box_area": (box[1] - box[0] + 1) * (box[3] - box[2] + 1) if len(rows) else 0}
 
 
-def pixel_masks(geometry, width_cuts):
+def pixel_masks(geometry: Mapping[str, Any], width_cuts: tuple[float, float]) -> np.ndarray:
     """Bool (len(PIXEL_CONCEPTS) x H x W) for one digit; width_cuts = (thin below, thick above)."""
     from scipy.ndimage import binary_dilation
     from skimage.morphology import disk
@@ -129,7 +131,8 @@ def pixel_masks(geometry, width_cuts):
     return np.stack([masks[name] for name, *_ in PIXEL_CONCEPTS])
 
 
-def image_labels(geometry, label, thickness_cuts, median_box_area):
+def image_labels(geometry: Mapping[str, Any], label: int, thickness_cuts: tuple[float, float],
+                 median_box_area: float) -> np.ndarray:
     """Bool len(IMAGE_CONCEPTS) for one digit."""
     shear, width, holes = geometry["shear"], geometry["mean_width"], min(geometry["n_holes"], 2)
     on = {f"digit_{label}",
@@ -140,7 +143,8 @@ def image_labels(geometry, label, thickness_cuts, median_box_area):
     return np.array([name in on for name, *_ in IMAGE_CONCEPTS])
 
 
-def concept_annotations(greys, labels):
+def concept_annotations(greys: Sequence[np.ndarray] | np.ndarray,
+                        labels: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Masks and labels for a probe set: greys float N x H x W in [0, 1]; returns (pixel masks
     bool N x P x H x W, image labels bool N x I)."""
     geometries = [digit_geometry(g) for g in greys]

@@ -2,19 +2,22 @@
 generalization gap, and the summary tables."""
 from __future__ import annotations
 
+from typing import Any, Mapping, Sequence
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from netunits.methods.rof import CATEGORIES, METRIC_NAMES
 
 
-def pearson(x, y):
+def pearson(x: ArrayLike, y: ArrayLike) -> float:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 3 or x.std() == 0 or y.std() == 0:
         return float("nan")  # undefined: too few runs, or one side constant
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def average_ranks(values):
+def average_ranks(values: ArrayLike) -> np.ndarray:
     """Ranks 1..n, ties sharing their mean rank (what Spearman's rho needs)."""
     values = np.asarray(values, dtype=float)
     order = np.argsort(values, kind="stable")
@@ -29,11 +32,11 @@ def average_ranks(values):
     return ranks
 
 
-def spearman(x, y):
+def spearman(x: ArrayLike, y: ArrayLike) -> float:
     return pearson(average_ranks(x), average_ranks(y))
 
 
-def summary_row(label_noise, seed, rof_metrics, definition):
+def summary_row(label_noise: float, seed: int, rof_metrics: Mapping[str, Any], definition: str) -> dict:
     """One run's row: accuracies (the training subset's with the labels it was trained on), the
     gap, the turning points and the role ratios."""
     train, test = rof_metrics["train"], rof_metrics["test"]
@@ -50,14 +53,14 @@ def summary_row(label_noise, seed, rof_metrics, definition):
     return row
 
 
-def correlations(rows):
+def correlations(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     gap = [r["generalization_gap"] for r in rows]
     return {metric: {category: {"pearson": pearson([r[f"{category}_ratio_{metric}"] for r in rows], gap),
                                 "spearman": spearman([r[f"{category}_ratio_{metric}"] for r in rows], gap)}
                      for category in CATEGORIES} for metric in METRIC_NAMES}
 
 
-def markdown_table(rows, noise_levels):
+def markdown_table(rows: Sequence[Mapping[str, Any]], noise_levels: Sequence[float]) -> str:
     columns = ["train_accuracy", "test_accuracy", "generalization_gap"] + \
         [f"{c}_ratio_{m}" for m in METRIC_NAMES for c in CATEGORIES]
     lines = ["| label noise | runs | " + " | ".join(columns) + " |", "|---:|---:|" + "---:|" * len(columns)]

@@ -5,6 +5,7 @@ pass)."""
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 
@@ -15,12 +16,12 @@ from netunits.models.inputs import images_to_input
 from netunits.runtime import autocast, progress
 
 
-def accuracy_and_loss(logits, labels):
+def accuracy_and_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     return (float((logits.argmax(1) == labels).double().mean()),
             float(torch.nn.functional.cross_entropy(logits.double(), labels)))
 
 
-def learning_rate(step, n_steps, lr, schedule):
+def learning_rate(step: int, n_steps: int, lr: float, schedule: str) -> float:
     """The learning rate for training step `step` (0-based) of `n_steps`: constant, or a
     half-cosine from `lr` down towards 0 over the whole run (one value per step)."""
     if schedule == "constant":
@@ -28,8 +29,9 @@ def learning_rate(step, n_steps, lr, schedule):
     return lr * 0.5 * (1.0 + math.cos(math.pi * step / n_steps))
 
 
-def train_model(model, train, test, *, epochs, batch_size, lr, lr_schedule, seed, device, precision,
-                eval_batch_size, input_spec=None):
+def train_model(model: torch.nn.Module, train: Mapping[str, Any], test: Mapping[str, Any], *, epochs: int,
+                batch_size: int, lr: float, lr_schedule: str, seed: int, device: torch.device, precision: str,
+                eval_batch_size: int, input_spec: Mapping[str, Any] | None = None) -> list[dict]:
     """Train in place; return the history (a list of per-epoch dicts).
 
     train, test: prepared subsets (images uint8 N x C x S x S, labels). Shuffling uses its own
@@ -45,7 +47,8 @@ def train_model(model, train, test, *, epochs, batch_size, lr, lr_schedule, seed
         hooks.remove()
 
 
-def evaluate(model, subset, batch_size, device, precision, input_spec=None, desc="test"):
+def evaluate(model: torch.nn.Module, subset: Mapping[str, Any], batch_size: int, device: torch.device,
+             precision: str, input_spec: Mapping[str, Any] | None = None, desc: str = "test") -> tuple[float, float]:
     """(accuracy, loss) of the model on a prepared subset, in eval mode."""
     _, logits = pooled_features(model, subset["images"], [], batch_size, device, precision, input_spec, desc)
     return accuracy_and_loss(logits, subset["labels"])

@@ -110,6 +110,14 @@ def scratch_repo(folder, params=None, study_params=None):
 # --------------------------------------------------------------------------------------------
 # one tiny real run, shared
 # --------------------------------------------------------------------------------------------
+def pytest_collection_modifyitems(items):
+    """Every test that reads the tiny run (directly or through `project`) is slow: building it runs
+    each stage once, minutes on 2 cores."""
+    for item in items:
+        if "tiny_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A folder holding every stage's outputs from one tiny real run (do not modify it)."""

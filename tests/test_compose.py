@@ -177,7 +177,9 @@ def test_counts_from_inclusion_exclusion_equal_the_dense_masks(connectors):
 
 
 @pytest.mark.parametrize("score", ["iou", "imrou"])
-@pytest.mark.parametrize("connectors", [("OR", "AND", "AND NOT"), CONNECTORS])
+# the spatial connectors' exhaustive search takes minutes
+@pytest.mark.parametrize("connectors", [("OR", "AND", "AND NOT"),
+                                        pytest.param(CONNECTORS, marks=pytest.mark.slow, id="connectors1")])
 def test_beam_search_with_a_large_beam_equals_exhaustive_search(score, connectors):
     names, masks = random_masks(5)
     primitives = Primitives(masks.items(), 3, connectors)

@@ -34,6 +34,7 @@ def test_forward_and_gradients_equal_conv2d_in_float64(n, c, size, c_out, kernel
     assert torch.allclose(grads[1], reference_grads[1], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_gradcheck_same_size_convolution():
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 4, 4, generator=generator, dtype=torch.float64, requires_grad=True)

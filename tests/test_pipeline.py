@@ -26,6 +26,7 @@ def repo(tmp_path_factory):
     return repo
 
 
+@pytest.mark.slow
 def test_repro_writes_every_output_and_the_metrics(repo):
     for path in ["data/prepared/train.pt", "artifacts/train/model.pt", "artifacts/features/test.pt",
                  "artifacts/rof/curve_train.csv", "artifacts/rof/unit_roles.csv",
@@ -47,6 +48,7 @@ def test_repro_writes_every_output_and_the_metrics(repo):
     assert "artifacts/metrics/rof.json" in tracked and "artifacts/train/model.pt" not in tracked
 
 
+@pytest.mark.slow
 def test_a_rof_param_reruns_only_rof_sweep_and_the_stages_that_read_it(repo):
     # ranking changes every curve; a tolerance change may leave every output byte-identical, and
     # then DVC rightly skips plot
@@ -63,6 +65,7 @@ def test_a_rof_param_reruns_only_rof_sweep_and_the_stages_that_read_it(repo):
         dvc(repo, "repro")
 
 
+@pytest.mark.slow
 def test_the_iou_threshold_reruns_only_the_dissection_report(repo):
     write_params(repo, tiny_params(dissect={"iou_threshold": 0.2}))
     try:
@@ -74,6 +77,7 @@ def test_the_iou_threshold_reruns_only_the_dissection_report(repo):
         dvc(repo, "repro")
 
 
+@pytest.mark.slow
 def test_rerun_with_same_params_is_byte_identical(repo):
     before = lock_hashes(repo)
     assert sorted(stages_run(dvc(repo, "repro", "-f").stdout)) == sorted(STAGES)
@@ -81,6 +85,7 @@ def test_rerun_with_same_params_is_byte_identical(repo):
     assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
 
 
+@pytest.mark.slow
 def test_a_rejected_train_param_leaves_outputs_restorable(repo):
     before = lock_hashes(repo)
     write_params(repo, tiny_params(train={"epochs": -1}))
@@ -100,6 +105,7 @@ def test_a_rejected_train_param_leaves_outputs_restorable(repo):
     assert lock_hashes(repo) == before
 
 
+@pytest.mark.slow
 def test_a_bad_param_fails_and_writes_nothing(repo):
     write_params(repo, {**tiny_params(), "rof": {**tiny_params()["rof"], "rankng": "l1"}})
     try:
@@ -114,6 +120,7 @@ def test_a_bad_param_fails_and_writes_nothing(repo):
         assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
 
 
+@pytest.mark.slow
 def test_a_stage_killed_while_saving_leaves_no_truncated_file(repo):
     before = lock_hashes(repo)
     checkpoint = repo / "artifacts/train/model.pt"

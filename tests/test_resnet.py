@@ -3,6 +3,7 @@ and gradients, and building the pipeline's model must not import torchvision."""
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from netunits.torchvision_compat import torchvision_models
@@ -25,6 +26,7 @@ def test_same_seed_gives_torchvision_weights_bit_for_bit():
     assert torch.equal(next_draw, reference_next_draw)
 
 
+@pytest.mark.slow
 def test_same_outputs_gradients_and_running_statistics_in_training():
     torch.manual_seed(0)
     ours = resnet18().double().train()

@@ -115,6 +115,7 @@ def sweep_digest(**env):
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
+@pytest.mark.slow
 def test_sweep_bits_do_not_depend_on_mkl_code_paths():
     # DVC compares output hashes, so a rerun must write the same bits. MKL's BLAS and vector
     # math results depend on the kernels it picks at run time ; forcing MKL onto other code paths must not change the sweep.

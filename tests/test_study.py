@@ -39,6 +39,7 @@ def tiny_study(seeds):
     return params
 
 
+@pytest.mark.slow
 def test_tiny_grid_runs_the_pipeline_stages_through_dvc(tmp_path):
     repo = scratch_repo(tmp_path, study_params=tiny_study([0, 1]))
     ran = stages_run(dvc(repo, "repro", "study/dvc.yaml").stdout)

@@ -2,9 +2,12 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_torchvision_imports_on_this_torch():
     # A fresh interpreter: the shim must be what makes `torchvision.models` importable, and it
     # must define the nms schema only when torchvision's own extension is missing.

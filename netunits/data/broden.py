@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +50,8 @@ def _resize(array, size, nearest):
     return np.asarray(image.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
 
 
-def load_broden(folder, image_size, mask_size, size, source="params.yaml"):
+def load_broden(folder: str | Path, image_size: int, mask_size: int, size: int,
+                source: str = "params.yaml") -> tuple[dict[str, Any], np.ndarray]:
     """The first `size` rows of index.csv as a probe set (netunits/data/probe.py), and the pixel
     masks unpacked (bool N x pixel concepts x M x M) for the figure."""
     folder = Path(folder)

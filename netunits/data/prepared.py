@@ -6,6 +6,9 @@ in the official split), image_size, dataset and n_classes; with label noise also
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from netunits.errors import PipelineError
@@ -21,7 +24,7 @@ PREPARED_KEYS = {
 }
 
 
-def load_prepared(path):
+def load_prepared(path: str | Path) -> dict[str, Any]:
     """A prepare_data output, checked: images and labels pair up, labels in 0..n_classes-1."""
     subset = load_checked(path, PREPARED_KEYS, "prepared subset")
     labels = subset["labels"]

@@ -8,8 +8,12 @@ pixel-level first), categories (names) and source.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
 from netunits.errors import PipelineError
 from netunits.files import load_checked
@@ -25,14 +29,14 @@ PROBE_KEYS = {
 }
 
 
-def pack_masks(masks):
+def pack_masks(masks: ArrayLike) -> torch.Tensor:
     """bool N x C x H x W -> uint8 N x C x ceil(H * W / 8)."""
     masks = np.asarray(masks, dtype=bool)
     n, n_concepts, height, width = masks.shape
     return torch.from_numpy(np.packbits(masks.reshape(n, n_concepts, height * width), axis=2))
 
 
-def unpack_masks(packed, mask_size):
+def unpack_masks(packed: torch.Tensor, mask_size: int) -> torch.Tensor:
     """uint8 N x C x bytes -> bool N x C x (mask_size^2)."""
     if packed.shape[1] == 0:
         return torch.zeros(packed.shape[0], 0, mask_size * mask_size, dtype=torch.bool)
@@ -40,7 +44,7 @@ def unpack_masks(packed, mask_size):
     return torch.from_numpy(bits.astype(bool))
 
 
-def load_probe(path):
+def load_probe(path: str | Path) -> dict[str, Any]:
     probe = load_checked(path, PROBE_KEYS, "probe set")
     n = len(probe["images"])
     n_pixel = sum(c["level"] == "pixel" for c in probe["concepts"])

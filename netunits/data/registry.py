@@ -9,7 +9,7 @@ module with its loader.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from netunits.data import cifar10, mnist
 from netunits.errors import PipelineError
@@ -36,13 +36,13 @@ DATASETS = {
 }
 
 
-def get_dataset(name, key="data.dataset", source="params.yaml"):
+def get_dataset(name: str, key: str = "data.dataset", source: str = "params.yaml") -> DatasetSpec:
     if name not in DATASETS:
         raise PipelineError(f"{source}: '{key}' is {name!r}; allowed data sets: {', '.join(DATASETS)}")
     return DATASETS[name]
 
 
-def check_request(spec, params, source="params.yaml"):
+def check_request(spec: DatasetSpec, params: Any, source: str = "params.yaml") -> None:
     """Refuse, before any data is read, sizes a split cannot give, sources the data set lacks and
     label noise that leaves nothing to learn."""
     if params.source not in spec.sources:

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from netunits.errors import PipelineError
 
 
-def select_indices(labels, size, selection, seed, key, n_classes, source="params.yaml"):
+def select_indices(labels: torch.Tensor, size: int, selection: str, seed: int, key: str, n_classes: int,
+                   source: str = "params.yaml") -> torch.Tensor:
     """Indices (ascending) of the chosen samples.
 
     first: the first `size` samples (the ROF notebook's choice). stratified: `size // n_classes`
@@ -30,7 +31,7 @@ def select_indices(labels, size, selection, seed, key, n_classes, source="params
     return torch.sort(torch.cat(chosen)).values
 
 
-def resize_uint8(images, image_size, chunk=2048):
+def resize_uint8(images: torch.Tensor, image_size: int, chunk: int = 2048) -> torch.Tensor:
     """Bilinear (antialiased) resize of uint8 N x H x W or N x C x H x W to N x C x S x S,
     rounded back to uint8.
 
@@ -49,7 +50,8 @@ def resize_uint8(images, image_size, chunk=2048):
     return out
 
 
-def corrupt_labels(labels, fraction, seed, n_classes):
+def corrupt_labels(labels: torch.Tensor, fraction: float, seed: int,
+                   n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace round(fraction * N) labels, chosen with a generator seeded by `seed`, by a wrong
     label drawn uniformly from the other n_classes - 1. Returns (noisy labels, changed mask)."""
     generator = torch.Generator().manual_seed(seed)

@@ -33,6 +33,7 @@ the call.
 from __future__ import annotations
 
 import math
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -47,7 +48,7 @@ WORK_BYTES = 8 * 2**20
 # --------------------------------------------------------------------------------------------
 # inputs: concepts, unit summaries, the annotation scores
 # --------------------------------------------------------------------------------------------
-def parse_concepts(text):
+def parse_concepts(text: str) -> list[str]:
     """A concept file's text -> concept names: one per line, surrounding spaces stripped, blank
     lines and repeated names dropped (the first occurrence keeps its place). The reference splits
     on newlines and drops only empty lines, but indexes the unfiltered list when it names a unit's
@@ -57,7 +58,7 @@ def parse_concepts(text):
     return list(dict.fromkeys(name for name in names if name))
 
 
-def unit_summary(output, mode):
+def unit_summary(output: torch.Tensor, mode: str) -> torch.Tensor:
     """One value per unit and image, in fp32: spatial maps N x C x H x W are averaged (mode
     'mean') or maxed ('max') over positions; N x C passes as is."""
     output = output.float()
@@ -69,12 +70,12 @@ def unit_summary(output, mode):
                         f"outputs have units")
 
 
-def pixel_coverage(masks):
+def pixel_coverage(masks: torch.Tensor) -> torch.Tensor:
     """bool N x concepts x positions -> float N x concepts: the share of each image a concept covers."""
     return masks.float().mean(dim=2)
 
 
-def coverage_reference(coverage, annotated, quantile):
+def coverage_reference(coverage: torch.Tensor, annotated: torch.Tensor, quantile: float) -> torch.Tensor:
     """Per pixel-level concept, the `quantile` of its coverage over the probe images on which its
     category is annotated (0 where it is annotated on none). coverage, annotated: N x concepts."""
     reference = torch.zeros(coverage.shape[1])
@@ -85,7 +86,8 @@ def coverage_reference(coverage, annotated, quantile):
     return reference
 
 
-def annotation_scores(coverage, reference, image_labels, annotated):
+def annotation_scores(coverage: torch.Tensor, reference: torch.Tensor, image_labels: torch.Tensor,
+                      annotated: torch.Tensor) -> torch.Tensor:
     """The annotations source's S (N x (pixel + image concepts), in [0, 1]), standing where CLIP's
     image-text cosine stands:
 
@@ -105,8 +107,9 @@ def annotation_scores(coverage, reference, image_labels, annotated):
     return scores * annotated.float()
 
 
-def annotation_matrix(coverage, image_labels, category_annotated, concept_category, concept_names, names,
-                      quantile):
+def annotation_matrix(coverage: torch.Tensor, image_labels: torch.Tensor, category_annotated: torch.Tensor,
+                      concept_category: Sequence[int] | torch.Tensor, concept_names: Sequence[str],
+                      names: Sequence[str], quantile: float) -> torch.Tensor:
     """The annotations source's score matrix, probe images x `names` (annotation_scores, with each
     pixel-level concept's reference the `quantile` of its coverage where its category is annotated).
 
@@ -124,18 +127,18 @@ def annotation_matrix(coverage, image_labels, category_annotated, concept_catego
 # --------------------------------------------------------------------------------------------
 # the similarity functions
 # --------------------------------------------------------------------------------------------
-def rank_weights(top_k, p_start, p_end):
+def rank_weights(top_k: int, p_start: float, p_end: float) -> torch.Tensor:
     """soft-WPMI's p_i for i = 0 .. top_k - 1, computed as the reference does (in float32)."""
     return p_start - (torch.arange(start=0, end=top_k) / top_k * (p_start - p_end))
 
 
-def top_images(activations, top_k):
+def top_images(activations: torch.Tensor, top_k: int) -> torch.Tensor:
     """Each unit's top_k most activating images, descending (top_k x units); ties go to the earlier
     image (a stable sort; the reference's torch.topk leaves their order unspecified)."""
     return torch.sort(-activations, dim=0, stable=True).indices[:top_k]
 
 
-def concept_probabilities(scores, a):
+def concept_probabilities(scores: torch.Tensor, a: float) -> torch.Tensor:
     """P(c | x) = softmax over concepts of a * S (the reference's first step in soft_wpmi and wpmi)."""
     return torch.softmax(a * scores.float(), dim=1)
 
@@ -148,13 +151,14 @@ def _log_normaliser(scores, a, chunk):
     return total
 
 
-def block_size(n_units, top_k, n_concepts, work_bytes=WORK_BYTES):
+def block_size(n_units: int, top_k: int, n_concepts: int, work_bytes: int = WORK_BYTES) -> int:
     """Concepts per block so that a units x top_k x block float32 tensor fits in work_bytes."""
     return max(1, min(n_concepts, work_bytes // max(1, n_units * top_k * 4)))
 
 
-def similarity_blocks(method, scores, activations, top_k=100, a=10.0, lam=1.0, p_start=0.998, p_end=0.97,
-                      min_prob=1e-7, chunk=None):
+def similarity_blocks(method: str, scores: torch.Tensor, activations: torch.Tensor, top_k: int = 100, a: float = 10.0,
+                      lam: float = 1.0, p_start: float = 0.998, p_end: float = 0.97, min_prob: float = 1e-7,
+                      chunk: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (first concept, units x block scores) over blocks of concepts; every block is final
     (log P(c) needs only its own concepts' column, over all units).
 
@@ -194,12 +198,13 @@ def similarity_blocks(method, scores, activations, top_k=100, a=10.0, lam=1.0, p
         yield first, log_p_given_unit - lam * log_p
 
 
-def similarity(method, scores, activations, **constants):
+def similarity(method: str, scores: torch.Tensor, activations: torch.Tensor, **constants: Any) -> torch.Tensor:
     """The whole units x concepts matrix (small inputs; the stage streams similarity_blocks)."""
     return torch.cat([block for _, block in similarity_blocks(method, scores, activations, **constants)], dim=1)
 
 
-def best_concepts(blocks, n_best=3):
+def best_concepts(blocks: Iterable[tuple[int, torch.Tensor]],
+                  n_best: int = 3) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """(values, indices), units x n_best, descending, from similarity_blocks' stream; among equal
     scores the earlier concept ranks first."""
     values = indices = None
@@ -215,12 +220,12 @@ def best_concepts(blocks, n_best=3):
 # --------------------------------------------------------------------------------------------
 # comparing descriptions with other labels
 # --------------------------------------------------------------------------------------------
-def agreement(descriptions, labels):
+def agreement(descriptions: Sequence[str], labels: Sequence[str]) -> float:
     """Share of units whose description is their other label (e.g. network dissection's concept)."""
     return sum(d == l for d, l in zip(descriptions, labels, strict=True)) / len(labels)
 
 
-def chance_agreement(descriptions, labels):
+def chance_agreement(descriptions: Sequence[str], labels: Sequence[str]) -> float:
     """The agreement two independent labellings with these label frequencies would have:
     sum over concepts of share(description = c) * share(label = c)."""
     n = len(labels)
@@ -233,7 +238,8 @@ def chance_agreement(descriptions, labels):
     return sum(count * label_counts.get(c, 0) for c, count in description_counts.items()) / (n * n)
 
 
-def agreement_metrics(descriptions, labels, detector):
+def agreement_metrics(descriptions: Sequence[str], labels: Sequence[str],
+                      detector: Sequence[int | bool]) -> dict[str, float | int | None]:
     """How one layer's descriptions meet its other labels (network dissection's concepts):
     agreement_with_dissection, chance_agreement, dissection_detectors (units whose `detector` flag
     is set) and agreement_on_detectors (None when there are none)."""
@@ -244,7 +250,8 @@ def agreement_metrics(descriptions, labels, detector):
             "agreement_on_detectors": agreement(*zip(*on_detectors)) if on_detectors else None}
 
 
-def overall_agreement(descriptions, labels):
+def overall_agreement(descriptions: Mapping[str, Sequence[str]],
+                      labels: Mapping[str, Sequence[str]]) -> dict[str, float]:
     """agreement_with_dissection and chance_agreement over several layers: descriptions and labels
     map layer -> that layer's list; the chance level is the layers' own, weighted by their units."""
     compared = [(d, l) for layer in labels for d, l in zip(descriptions[layer], labels[layer], strict=True)]

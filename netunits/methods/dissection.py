@@ -15,12 +15,13 @@ the intersection and area counts.
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 
-def values_needed(n_values, quantile):
+def values_needed(n_values: int, quantile: float) -> int:
     """How many of the largest values numpy's (linear) quantile of n_values reads."""
     return n_values - math.floor((n_values - 1) * quantile)
 
@@ -28,17 +29,17 @@ def values_needed(n_values, quantile):
 class TopValues:
     """Each unit's `keep` largest values seen so far (units x values, descending)."""
 
-    def __init__(self, n_units, keep):
+    def __init__(self, n_units: int, keep: int) -> None:
         self.keep = keep
         self.values = torch.empty(n_units, 0)
 
-    def update(self, values):
+    def update(self, values: torch.Tensor) -> None:
         """values: units x n (any n)."""
         merged = torch.cat([self.values, values.float()], dim=1)
         self.values = merged.topk(min(self.keep, merged.shape[1]), dim=1).values
 
 
-def add_histogram(histogram, values, top):
+def add_histogram(histogram: torch.Tensor, values: torch.Tensor, top: torch.Tensor) -> None:
     """Add units x n activations to units x bins counts over [0, top] per unit (values above top
     land in the last bin; a unit that never fires keeps its counts in the first)."""
     bins = histogram.shape[1]
@@ -47,7 +48,7 @@ def add_histogram(histogram, values, top):
     histogram.scatter_add_(1, index, torch.ones_like(index, dtype=histogram.dtype))
 
 
-def quantile_from_top(top_descending, n_values, quantile):
+def quantile_from_top(top_descending: torch.Tensor, n_values: int, quantile: float) -> torch.Tensor:
     """numpy.quantile(all values, quantile) per unit, from the largest values only (exact)."""
     h = (n_values - 1) * quantile
     lo, hi = math.floor(h), math.ceil(h)
@@ -56,7 +57,7 @@ def quantile_from_top(top_descending, n_values, quantile):
     return below + (h - lo) * (above - below)
 
 
-def unit_masks(maps, thresholds, mask_size):
+def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, mask_size: int) -> torch.Tensor:
     """Bool images x units x (mask_size^2): maps upsampled bilinearly, above the threshold (strictly,
     as NetDissect-Lite: a unit silent on more than 0.5% of positions has threshold 0, and its
     mask must not become the whole image)."""
@@ -71,7 +72,8 @@ class IoUTally:
     concept_category: for each concept (pixel-level first, then image-level) its category index.
     """
 
-    def __init__(self, n_units, n_pixel_concepts, n_image_concepts, concept_category, n_categories):
+    def __init__(self, n_units: int, n_pixel_concepts: int, n_image_concepts: int,
+                 concept_category: Sequence[int] | torch.Tensor, n_categories: int) -> None:
         n_concepts = n_pixel_concepts + n_image_concepts
         self.n_pixel = n_pixel_concepts
         self.category = torch.as_tensor(concept_category, dtype=torch.int64)
@@ -79,7 +81,8 @@ class IoUTally:
         self.unit_area = torch.zeros(n_units, n_categories, dtype=torch.float64)
         self.concept_area = torch.zeros(n_concepts, dtype=torch.float64)
 
-    def update(self, masks, pixel_masks, image_labels, annotated):
+    def update(self, masks: torch.Tensor, pixel_masks: torch.Tensor, image_labels: torch.Tensor,
+               annotated: torch.Tensor) -> None:
         """masks: bool B x units x P; pixel_masks: bool B x pixel concepts x P; image_labels: bool
         B x image concepts; annotated: bool B x categories."""
         positions = masks.shape[2]
@@ -92,29 +95,31 @@ class IoUTally:
         self.concept_area[:self.n_pixel] += pixel_masks.sum(dim=(0, 2)).double()
         self.concept_area[self.n_pixel:] += image_labels.sum(dim=0).double() * positions
 
-    def iou(self):
+    def iou(self) -> torch.Tensor:
         """units x concepts."""
         return iou_from_counts(self.intersection, self.unit_area, self.concept_area, self.category)
 
 
-def iou_from_counts(intersection, unit_area, concept_area, category):
+def iou_from_counts(intersection: torch.Tensor, unit_area: torch.Tensor, concept_area: torch.Tensor,
+                    category: torch.Tensor) -> torch.Tensor:
     union = unit_area[:, category] + concept_area[None, :] - intersection
     return torch.where(union > 0, intersection / union.clamp_min(1e-12), torch.zeros_like(union))
 
 
-def best_concepts(iou, n=3):
+def best_concepts(iou: torch.Tensor, n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """(values, indices) of each unit's n best concepts, best first; ties to the lower index."""
     order = torch.sort(-iou, dim=1, stable=True).indices[:, :n]
     return iou.gather(1, order), order
 
 
-def dissect_batch_chunks(n_images, n_units, positions, budget=1 << 24):
+def dissect_batch_chunks(n_images: int, n_units: int, positions: int, budget: int = 1 << 24) -> list[tuple[int, int]]:
     """Image chunks whose unit masks stay under `budget` elements (64 MiB in float32)."""
     step = max(1, budget // max(1, n_units * positions))
     return [(start, min(n_images, start + step)) for start in range(0, n_images, step)]
 
 
-def merge_top_images(kept, maps, first, k):
+def merge_top_images(kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, maps: torch.Tensor, first: int,
+                     k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each unit's k top images by their largest activation, after one more batch.
 
     kept: (values units x m, image indices units x m, maps units x m x h x w) from earlier
@@ -136,7 +141,8 @@ def merge_top_images(kept, maps, first, k):
 # --------------------------------------------------------------------------------------------
 # the tables dissect_report writes
 # --------------------------------------------------------------------------------------------
-def unit_rows(iou, thresholds, names, categories, iou_threshold, n_best=3):
+def unit_rows(iou: torch.Tensor, thresholds: torch.Tensor, names: Sequence[str], categories: Sequence[str],
+              iou_threshold: float, n_best: int = 3) -> list[dict[str, Any]]:
     """One row per unit: its best concept, category and IoU, threshold, whether it is a detector
     (best IoU at or above iou_threshold), and the runners-up concept_2, iou_2, ... concept_n, iou_n.
 
@@ -154,20 +160,20 @@ def unit_rows(iou, thresholds, names, categories, iou_threshold, n_best=3):
     return rows
 
 
-def detectors_per_concept(rows):
+def detectors_per_concept(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """{concept: detectors} of unit_rows' detectors, concepts in order of first appearance."""
     detected = [r["concept"] for r in rows if r["detector"]]
     return {c: detected.count(c) for c in dict.fromkeys(detected)}
 
 
-def detector_summary(rows):
+def detector_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, int | float]:
     """units, detectors, unique concepts among the detectors and mean best IoU of unit_rows' rows."""
     detected = [r["concept"] for r in rows if r["detector"]]
     return {"units": len(rows), "detectors": len(detected), "unique_concepts": len(set(detected)),
             "mean_best_iou": sum(r["iou"] for r in rows) / len(rows)}
 
 
-def role_summary(rows, roles):
+def role_summary(rows: Sequence[Mapping[str, Any]], roles: Sequence[str]) -> dict[str, dict[str, int | float | None]]:
     """Per role, the units of rows (unit_rows joined with ROF's 'category_acc') in it, the share of
     them that are detectors and their mean best IoU (None for a role with no units)."""
     summary = {}

@@ -12,11 +12,12 @@ one cell away: `step` positions).
 """
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 
 from netunits.data.probe import unpack_masks
 from netunits.errors import PipelineError
@@ -107,8 +108,9 @@ def evaluate(formula: Formula, masks: Mapping[str, torch.Tensor], grid: int) -> 
     raise PipelineError(f"unknown connector {op!r}; allowed: {', '.join(CONNECTORS)}")
 
 
-def score_from_counts(inter, area, unit_area, dot, length, score="iou", r=0.75, cells=1, unit_square=0.0,
-                      penalty=0.0):
+def score_from_counts(inter: ArrayLike, area: ArrayLike, unit_area: float, dot: ArrayLike, length: ArrayLike,
+                      score: str = "iou", r: float = 0.75, cells: int = 1, unit_square: float = 0.0,
+                      penalty: float = 0.0) -> np.ndarray:
     """The score of formulas from counts (numpy arrays or numbers):
     iou    |U and F| / |U or F|;
     imrou  (|U and F| - r / cells * sum_i |U_i| |F_i|) / |U or F|, divided by the unit's own
@@ -127,7 +129,7 @@ def score_from_counts(inter, area, unit_area, dot, length, score="iou", r=0.75, 
     return value * (1.0 - penalty * (np.asarray(length, dtype=np.float64) - 1))
 
 
-def plain_score(unit_mask: torch.Tensor, formula_mask: torch.Tensor, length: int, **options) -> float:
+def plain_score(unit_mask: torch.Tensor, formula_mask: torch.Tensor, length: int, **options: Any) -> float:
     """score_from_counts computed straight from two dense masks (images x S x S)."""
     unit_per_image = unit_mask.flatten(1).sum(1).double()
     formula_per_image = formula_mask.flatten(1).sum(1).double()

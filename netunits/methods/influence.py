@@ -17,25 +17,26 @@ by a few images where it is very large.
 from __future__ import annotations
 
 import math
+from typing import Any, Sequence
 
 import torch
 
 from netunits.errors import PipelineError
 
 
-def l1_normalise(features):
+def l1_normalise(features: torch.Tensor) -> torch.Tensor:
     """Each row divided by its sum (float64); an all-zero row stays zero."""
     features = features.to(torch.float64)
     sums = features.sum(dim=1, keepdim=True)
     return torch.where(sums > 0, features / sums.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
 
 
-def top_units(values, k):
+def top_units(values: torch.Tensor, k: int) -> torch.Tensor:
     """Per row, the indices of the k largest values, ties to the lower index (a stable sort)."""
     return torch.sort(-values, dim=1, stable=True).indices[:, :k]
 
 
-def class_histograms(top, labels, n_classes, n_units):
+def class_histograms(top: torch.Tensor, labels: torch.Tensor, n_classes: int, n_units: int) -> torch.Tensor:
     """counts[c, j]: how many samples of class c have unit j among their top units."""
     counts = torch.zeros(n_classes * n_units, dtype=torch.int64)
     flat = (labels[:, None] * n_units + top).flatten()
@@ -43,7 +44,8 @@ def class_histograms(top, labels, n_classes, n_units):
     return counts.view(n_classes, n_units)
 
 
-def class_sets(features, labels, n_classes, k, k_image):
+def class_sets(features: torch.Tensor, labels: torch.Tensor, n_classes: int, k: int,
+               k_image: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(sets: n_classes x k unit indices, most frequent first; counts: n_classes x n_units)."""
     n_units = features.shape[1]
     if not 1 <= k <= n_units or not 1 <= k_image <= n_units:
@@ -61,25 +63,27 @@ def class_sets(features, labels, n_classes, k, k_image):
     return torch.stack(sets), counts
 
 
-def membership(sets, n_units):
+def membership(sets: torch.Tensor, n_units: int) -> torch.Tensor:
     """Bool n_classes x n_units: unit j is in S_c."""
     mask = torch.zeros(len(sets), n_units, dtype=torch.bool)
     mask[torch.arange(len(sets))[:, None], sets] = True
     return mask
 
 
-def decomposed_logits(features, weight, bias, mask):
+def decomposed_logits(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
     """logit_c = sum over j in S_c of W[c, j] f_j + b_c, in float64 (mask: n_classes x n_units).
     With every unit in every set this is the full layer, computed the same way."""
     w = weight.to(torch.float64) * mask.to(torch.float64)
     return features.to(torch.float64) @ w.T + bias.to(torch.float64)
 
 
-def accuracy(logits, labels):
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).double().mean())
 
 
-def essentiality(features, labels, weight, bias, sets, seed, replace):
+def essentiality(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                 sets: torch.Tensor, seed: int, replace: str) -> list[tuple[int, int]]:
     """Per class c: (images of class c, how many are still predicted c) after the features of
     S_c (`replace="set"`) or of every other unit (`replace="others"`) are replaced by seeded
     N(0, 1) noise; the original final layer classifies."""
@@ -97,7 +101,7 @@ def essentiality(features, labels, weight, bias, sets, seed, replace):
     return counts
 
 
-def mutual_information(a, b):
+def mutual_information(a: torch.Tensor | Sequence[bool], b: torch.Tensor | Sequence[bool]) -> float:
     """Mutual information (nats) between two binary vectors, as sklearn's mutual_info_score
     computes it from their contingency table."""
     a, b = torch.as_tensor(a, dtype=torch.bool), torch.as_tensor(b, dtype=torch.bool)
@@ -111,7 +115,7 @@ def mutual_information(a, b):
     return total
 
 
-def mean_pairwise_mi(mask, include_self):
+def mean_pairwise_mi(mask: torch.Tensor, include_self: bool) -> float:
     """Mean mutual information over ordered pairs of classes' membership vectors, with or without
     a class paired with itself (the reference code includes it)."""
     values = [mutual_information(mask[c], mask[d]) for c in range(len(mask)) for d in range(len(mask))
@@ -119,7 +123,9 @@ def mean_pairwise_mi(mask, include_self):
     return sum(values) / len(values)
 
 
-def sweep(train_features, train_labels, test_features, test_labels, weight, bias, ks, k_image, seed):
+def sweep(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+          test_labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, ks: Sequence[int], k_image: int | str,
+          seed: int) -> dict[int, dict[str, Any]]:
     """The whole method for every k: {k: {"sets", "counts", "k_image", "decomposed" (test
     predictions), "kept" ({"set", "others"}: essentiality per class), "mi_distinct",
     "mi_with_self"}}. k_image "same" takes each k's own."""

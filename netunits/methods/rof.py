@@ -12,6 +12,7 @@ retrieval_curves_loop below.
 from __future__ import annotations
 
 import math
+from typing import Mapping, Sequence
 
 import torch
 
@@ -24,18 +25,18 @@ RANKINGS = ("l1", "random", "ascending")
 # --------------------------------------------------------------------------------------------
 # ranking
 # --------------------------------------------------------------------------------------------
-def unit_l1_norms(features):
+def unit_l1_norms(features: torch.Tensor) -> torch.Tensor:
     """L1 norm of each unit's activations over the samples (float64)."""
     return features.to(torch.float64).abs().sum(dim=0)
 
 
-def rank_units(scores, descending=True):
+def rank_units(scores: torch.Tensor, descending: bool = True) -> torch.Tensor:
     """Unit indices sorted by score; ties keep ascending unit index (a stable sort)."""
     keys = -scores if descending else scores
     return torch.sort(keys, stable=True).indices
 
 
-def unit_order(features, ranking, seed):
+def unit_order(features: torch.Tensor, ranking: str, seed: int) -> torch.Tensor:
     """The retrieval order for a ranking: l1 (descending L1 norm), ascending, or random (seeded)."""
     if ranking == "l1":
         return rank_units(unit_l1_norms(features), descending=True)
@@ -52,7 +53,9 @@ def unit_order(features, ranking, seed):
 LOG2_E = math.log2(math.e)
 
 
-def retrieval_curves(features, labels, weight, bias, order, chunk_elements=2**21, dtype=torch.float32):
+def retrieval_curves(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                     order: torch.Tensor, chunk_elements: int = 2**21,
+                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """Accuracy and mean cross-entropy for n_units = 0..n_units_total, in one vectorised pass.
 
     The logits after retrieving the first n ranked units are b + sum_{k<n} F[:, r_k] W[:, r_k]:
@@ -118,7 +121,8 @@ def retrieval_curves(features, labels, weight, bias, order, chunk_elements=2**21
     return correct.to(torch.float64) / n_samples, loss_sum / n_samples
 
 
-def retrieval_curves_loop(features, labels, weight, bias, order):
+def retrieval_curves_loop(features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                          order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference implementation (the ROF notebook's loop): one masked matrix product per n_units."""
     n_samples, n_units = features.shape
     f = features.to(torch.float64)
@@ -137,14 +141,14 @@ def retrieval_curves_loop(features, labels, weight, bias, order):
 # --------------------------------------------------------------------------------------------
 # turning points
 # --------------------------------------------------------------------------------------------
-def turning_point_exact(curve, maximise):
+def turning_point_exact(curve: torch.Tensor, maximise: bool) -> int:
     """n_units at the first maximum (accuracy) or first minimum (loss) of the curve (the ROF notebook)."""
     curve = torch.as_tensor(curve, dtype=torch.float64)
     target = curve.max() if maximise else curve.min()
     return int(torch.nonzero(curve == target)[0])
 
 
-def turning_point_tolerance(curve, maximise, tolerance, relative):
+def turning_point_tolerance(curve: torch.Tensor, maximise: bool, tolerance: float, relative: bool) -> int:
     """The smallest n_units whose value is within `tolerance` of the curve's best value.
 
     Accuracy uses an absolute tolerance (0.005 = half a percentage point); loss a relative one
@@ -163,7 +167,8 @@ def turning_point_tolerance(curve, maximise, tolerance, relative):
     return int(torch.nonzero(ok)[0])
 
 
-def turning_points(accuracy, loss, acc_tolerance, loss_tolerance):
+def turning_points(accuracy: torch.Tensor, loss: torch.Tensor, acc_tolerance: float,
+                   loss_tolerance: float) -> dict[str, dict[str, int]]:
     """{'exact': {'acc': n0, 'loss': n0}, 'tolerance': {...}} for one ROF curve."""
     return {
         "exact": {"acc": turning_point_exact(accuracy, maximise=True),
@@ -173,7 +178,7 @@ def turning_points(accuracy, loss, acc_tolerance, loss_tolerance):
     }
 
 
-def is_degenerate(n0, n_units):
+def is_degenerate(n0: int, n_units: int) -> bool:
     """A highly active set that holds every unit or none separates nothing."""
     return n0 == 0 or n0 == n_units
 
@@ -181,14 +186,14 @@ def is_degenerate(n0, n_units):
 # --------------------------------------------------------------------------------------------
 # taxonomy
 # --------------------------------------------------------------------------------------------
-def highly_active(order, n0):
+def highly_active(order: torch.Tensor, n0: int) -> torch.Tensor:
     """U0: the first n0 units of the retrieval order, as a bool mask over units."""
     mask = torch.zeros(len(order), dtype=torch.bool)
     mask[order[:n0]] = True
     return mask
 
 
-def categorize(in_u0_train, in_u0_test):
+def categorize(in_u0_train: torch.Tensor, in_u0_test: torch.Tensor) -> list[str]:
     """Per unit: 'both' (in U0_train and U0_test), 'train_only', 'test_only' or 'neither'."""
     names = []
     for train, test in zip(in_u0_train.tolist(), in_u0_test.tolist()):
@@ -197,7 +202,7 @@ def categorize(in_u0_train, in_u0_test):
     return names
 
 
-def category_counts(categories):
+def category_counts(categories: Sequence[str]) -> dict[str, float]:
     """Counts and ratios (share of all units) of the four categories, in CATEGORIES order."""
     total = len(categories)
     counts = {name: sum(c == name for c in categories) for name in CATEGORIES}
@@ -205,7 +210,7 @@ def category_counts(categories):
     return {**counts, **ratios}
 
 
-def area_under_curve(accuracy):
+def area_under_curve(accuracy: torch.Tensor | Sequence[float]) -> float:
     """Mean accuracy over n_units = 0..N: 1 means full accuracy from the first unit on."""
     return float(torch.as_tensor(accuracy, dtype=torch.float64).mean())
 
@@ -218,7 +223,8 @@ DEFINITIONS = ("exact", "tolerance")
 METRIC_NAMES = ("acc", "loss")
 
 
-def sweep_subset(features, labels, logits, weight, bias, seed):
+def sweep_subset(features: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor, seed: int) -> dict[str, dict[str, torch.Tensor]]:
     """Every ranking's order and curves on one subset, checked against the model's own accuracy
     (`logits`: the model's output for these samples)."""
     model_accuracy = float((logits.argmax(1) == labels).double().mean())
@@ -233,7 +239,8 @@ def sweep_subset(features, labels, logits, weight, bias, seed):
     return result
 
 
-def build_taxonomy(curves, ranking, acc_tolerance, loss_tolerance):
+def build_taxonomy(curves: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]], ranking: str, acc_tolerance: float,
+                   loss_tolerance: float) -> tuple[dict, dict, dict, dict]:
     """Turning points per subset and the roles per definition and metric.
 
     curves: {subset: sweep_subset(...)} for "train" and "test". Returns (points, categories, u0,

@@ -2,6 +2,9 @@
 model, so none of them holds a constant about it."""
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from netunits.files import file_sha256, load_checked
 
 CHECKPOINT_KEYS = {
@@ -15,7 +18,7 @@ CHECKPOINT_KEYS = {
 }
 
 
-def load_checkpoint_file(path):
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     """The checked checkpoint dict, without building the model (for stages that need only its
     final layer); the file's sha256 is under 'sha256'."""
     checkpoint = load_checked(path, CHECKPOINT_KEYS, "model checkpoint")

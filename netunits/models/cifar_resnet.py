@@ -7,6 +7,7 @@ whose released checkpoints, among them the ResNet20 that "Decomposing the Deep" 
 unchanged once its head `linear` is read as `fc` (the registry's rename) and the DataParallel
 prefix `module.` is dropped. The pooling is a module (`avgpool`), so hooks can name it.
 """
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -14,16 +15,16 @@ from torch import nn
 class PadShortcut(nn.Module):
     """Option A: every other pixel, and the new channels zero-padded equally on both sides."""
 
-    def __init__(self, channels):
+    def __init__(self, channels: int) -> None:
         super().__init__()
         self.pad = channels // 4
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad), "constant", 0)
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_channels, channels, stride):
+    def __init__(self, in_channels: int, channels: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
@@ -31,14 +32,14 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.shortcut = PadShortcut(channels) if stride != 1 or in_channels != channels else nn.Identity()
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, blocks_per_stage, n_classes=10):
+    def __init__(self, blocks_per_stage: int, n_classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
@@ -56,12 +57,12 @@ class CifarResNet(nn.Module):
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(module.weight)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.avgpool(x).flatten(1))
 
 
-def cifar_resnet(depth):
+def cifar_resnet(depth: int) -> CifarResNet:
     """ResNet-depth for CIFAR: depth = 6 n + 2 (20, 32, 44, 56, 110)."""
     return CifarResNet((depth - 2) // 6)

@@ -2,6 +2,8 @@
 model's channels, normalised where the checkpoint says so."""
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 
 from netunits.errors import PipelineError
@@ -12,14 +14,15 @@ INPUT_NORMS = {
 }
 
 
-def input_spec(in_channels, input_norm):
+def input_spec(in_channels: int, input_norm: str) -> dict[str, Any]:
     """What the checkpoint records about the model's input."""
     norm = INPUT_NORMS[input_norm]
     return {"channels": in_channels, "norm": input_norm,
             "mean": norm[0] if norm else None, "std": norm[1] if norm else None}
 
 
-def images_to_input(images_u8, device, channels_last, spec=None):
+def images_to_input(images_u8: torch.Tensor, device: torch.device | str, channels_last: bool,
+                    spec: Mapping[str, Any] | None = None) -> torch.Tensor:
     """uint8 N x C x H x W -> float N x channels x H x W: / 255, one grey channel repeated to the
     model's channels (never stored), then (x - mean) / std where the spec has a normalisation."""
     channels = spec["channels"] if spec else 3
@@ -34,7 +37,7 @@ def images_to_input(images_u8, device, channels_last, spec=None):
     return x.contiguous(memory_format=memory_format)
 
 
-def check_channels(image_channels, spec, what):
+def check_channels(image_channels: int, spec: Mapping[str, Any], what: str) -> None:
     if image_channels not in (1, spec["channels"]):
         raise PipelineError(f"{what}: images have {image_channels} channels but the model takes "
                             f"{spec['channels']}; only grey images are repeated to fit")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -26,7 +26,7 @@ class Float32Head(torch.nn.Linear):
     keys are those of a plain nn.Linear (fc.weight, fc.bias).
     """
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=False):
             return super().forward(x.float())
 
@@ -85,7 +85,7 @@ def get_architecture(name: str, key: str = "train.arch", source: str = "params.y
     return ARCHITECTURES[name]
 
 
-def build_model(arch, n_classes):
+def build_model(arch: str, n_classes: int) -> torch.nn.Module:
     """The architecture with random initial weights and a Float32Head of n_classes outputs.
 
     The registry's builder draws the default head's initial values first, as torchvision does,
@@ -119,7 +119,8 @@ def _state_dict_of(obj, renames=()):
     return state
 
 
-def load_weights(model, path, key="train.weights", arch=None, source="params.yaml"):
+def load_weights(model: torch.nn.Module, path: str | Path, key: str = "train.weights", arch: str | None = None,
+                 source: str = "params.yaml") -> bool:
     """Copy a local weights file into `model`. Every key must be there with the model's shape,
     except the head (fc.*), which is kept as initialised when its class count differs. Returns
     True if the head was loaded too."""
@@ -157,7 +158,7 @@ def load_weights(model, path, key="train.weights", arch=None, source="params.yam
     return head_fits
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(model in eval mode on cpu, checkpoint dict); the checkpoint file's sha256 is under 'sha256'."""
     checkpoint = load_checkpoint_file(path)
     if checkpoint["arch"] not in ARCHITECTURES:

@@ -21,7 +21,7 @@ TORCHVISION_CLASSES = 1000
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_channels, channels, stride, downsample):
+    def __init__(self, in_channels: int, channels: int, stride: int, downsample: nn.Module | None) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(channels)
@@ -30,7 +30,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         self.downsample = downsample
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         out += x if self.downsample is None else self.downsample(x)
@@ -48,7 +48,7 @@ def _stage(in_channels, channels, stride):
 
 
 class ResNet18(nn.Module):
-    def __init__(self, n_classes=TORCHVISION_CLASSES):
+    def __init__(self, n_classes: int = TORCHVISION_CLASSES) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -69,13 +69,13 @@ class ResNet18(nn.Module):
                 nn.init.constant_(module.weight, 1)
                 nn.init.constant_(module.bias, 0)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # torchvision: maxpool(relu(bn1(conv1(x)))); the same values, see the module docstring
         x = self.relu(self.maxpool(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def resnet18():
+def resnet18() -> ResNet18:
     """torchvision.models.resnet18(weights=None): 1000 classes, random initial weights."""
     return ResNet18(TORCHVISION_CLASSES)
