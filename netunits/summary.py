@@ -93,7 +93,8 @@ def _influence(m):
 
 
 def _report(m):
-    rows = [(f"{role} ({v['units']} unit{'' if v['units'] == 1 else 's'}): detector share / influential share / mean formula IoU",
+    rows = [(f"{role} ({v['units']} unit{'' if v['units'] == 1 else 's'}): "
+             "detector share / influential share / mean formula IoU",
              f"{_num(v['detector_share'], 3)} / {_num(v['influential_share'], 3)} / {_num(v['mean_formula_iou'])}")
             for role, v in m["by_role"].items()]
     rows.append(("Spearman: L1 rank on train vs best IoU", _num(m["spearman_l1_rank_train_vs_iou"], 3)))
