@@ -24,6 +24,7 @@ def repo(tmp_path_factory):
     repo = scratch_repo(tmp_path_factory.mktemp("repo"))
     first = dvc(repo, "repro")
     assert sorted(stages_run(first.stdout)) == sorted(STAGES), first.stdout
+    (repo.parent / "first_repro.txt").write_text(first.stdout)      # for the console test
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "tiny run")
     return repo
@@ -49,6 +50,37 @@ def test_repro_writes_every_output_and_the_metrics(repo):
     # cache: false outputs are tracked by git, cached ones are ignored by it
     tracked = sh(repo, "git", "ls-files").stdout.split()
     assert "artifacts/metrics/rof.json" in tracked and "artifacts/train/model.pt" not in tracked
+
+
+def stage_output(log, stage):
+    """The lines a stage printed in a `dvc repro` log (between its command line and DVC's next)."""
+    block = log.split(f"Running stage '{stage}':\n> python -m stages.{stage}\n")[1]
+    return re.split(r"(?:Generating|Updating) lock file", block)[0].strip().splitlines()
+
+
+@pytest.mark.slow
+def test_every_stages_console_lines_are_readable(repo):
+    log = (repo.parent / "first_repro.txt").read_text()
+    for stage in STAGES:
+        lines = stage_output(log, stage)
+        assert lines, stage
+        for line in lines:
+            # no raw Python dict or set, no clause left dangling
+            assert "{" not in line and "}" not in line and not line.rstrip().endswith((";", ",", ":")), (stage, line)
+    assert stage_output(log, "check_params") == ["params.yaml: 12 sections valid (compute, data, train, "
+                                                 "extract_features, rof, influence, probe, dissect, compose, "
+                                                 "clip_dissect, report, plot)"]
+    assert re.fullmatch(r"training log: 2 epochs, test accuracy [\d.]+", stage_output(log, "train_log")[0])
+    assert re.fullmatch(r"avgpool: accuracy [\d.]+ with the full final layer; decomposed: k=5 [\d.]+(, k=\d+ [\d.]+)*",
+                        stage_output(log, "influential_filters")[0])
+    assert [line.split(":")[0] for line in stage_output(log, "dissect_report")] == ["layer2", "layer3", "layer4"]
+    assert re.fullmatch(r"layer4: \d+ of 512 units are detectors, \d+ unique concepts, mean best IoU [\d.]+",
+                        stage_output(log, "dissect_report")[2])
+    assert re.fullmatch(r"layer4: \d+ of 512 units explained; mean iou by formula length 1: [\d.]+.*; "
+                        r"\d+ distinct formulas", stage_output(log, "compose")[0])
+    assert re.fullmatch(r"layer4: 512 units, \d+ unique descriptions, agreement with network dissection [\d.]+ "
+                        r"\(chance [\d.]+\)", stage_output(log, "clip_dissect")[2])
+    assert re.fullmatch(r"report: 512 units of layer4, [\d.]+ MiB of pages and images", stage_output(log, "report")[0])
 
 
 @pytest.mark.slow
