@@ -215,7 +215,8 @@ GENERATED = ("Written by `python -m netunits.stage_table` from netunits/stage_ta
 MAIN_STAGES = PIPELINE_STAGES["params.yaml"]
 CIFAR_STAGES = PIPELINE_STAGES["cifar/params.yaml"]
 # run once per cell of the grid; check_params and the aggregate once
-STUDY_CELL_STAGES = tuple(s for s in PIPELINE_STAGES["study/params.yaml"] if s not in ("check_params", "study_aggregate"))
+STUDY_CELL_STAGES = tuple(name for name in PIPELINE_STAGES["study/params.yaml"]
+                          if name not in ("check_params", "study_aggregate"))
 CHECKED = FILES["params_checked"].path
 
 

@@ -130,8 +130,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           comment="Every output cached, so that `dvc checkout` restores all of them after a failed run.",
           study_overrides=("train.seed=${item.seed}",)),
     Stage("train_log", (), ("train_log",), ("history", "train_metrics"),
-          comment="train's log as the committed CSV and metrics; the titled definitions under `plots:` render the CSV.\n"
-                  "A train run that fails leaves them in place (DVC removes a stage's outputs only when it runs)."),
+          comment="train's log as the committed CSV and metrics (the titled definitions under `plots:` render the\n"
+                  "CSV); a train run that fails leaves them in place: DVC removes a stage's outputs only when it\n"
+                  "runs that stage"),
     Stage("extract_features", ("extract_features", "compute"), ("model", "train_set", "test_set"),
           ("train_features", "test_features")),
     Stage("rof_sweep", ("rof",), ("model", "train_features", "test_features"),

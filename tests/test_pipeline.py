@@ -178,8 +178,9 @@ def test_a_train_failure_after_the_check_leaves_the_log_restorable(repo):
         write_params(repo, tiny_params())
     dvc(repo, "checkout", "dvc.yaml")
     assert (repo / "artifacts/train/model.pt").exists()
-    # the check passed the missing file, so dvc.lock holds its params: it reruns, and nothing else
-    assert stages_run(dvc(repo, "repro").stdout) == ["check_params"]
+    # the check passed the missing file, so dvc.lock holds its params: it reruns (or DVC restores its
+    # output from the run-cache), and nothing else
+    assert set(stages_run(dvc(repo, "repro").stdout)) <= {"check_params"}
     assert dvc(repo, "status", "dvc.yaml").stdout.strip() == UP_TO_DATE
     assert lock_hashes(repo) == before
 

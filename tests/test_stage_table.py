@@ -74,9 +74,9 @@ def test_stage_paths_are_the_tables_under_the_run_dir():
 def test_every_stage_of_each_pipeline_waits_for_its_params_check():
     # DVC runs a stage only after the stages writing its deps: with check_params' output a dep of
     # every other stage, a rejected value stops the run before DVC removes any other output
-    for pipeline, checked, params_file in (("dvc.yaml", "artifacts/params_checked.txt", "params.yaml"),
-                                           ("cifar/dvc.yaml", "cifar/artifacts/params_checked.txt", "cifar/params.yaml"),
-                                           ("study/dvc.yaml", "study/artifacts/params_checked.txt", "study/params.yaml")):
+    for folder in ("", "cifar/", "study/"):
+        pipeline, checked, params_file = (f"{folder}{name}" for name in ("dvc.yaml", "artifacts/params_checked.txt",
+                                                                          "params.yaml"))
         stages = yaml.safe_load((ROOT / pipeline).read_text())["stages"]
         check = stages.pop("check_params")
         assert check["outs"] == [checked] and check["params"] == [{params_file: None}], pipeline
@@ -93,7 +93,8 @@ def test_train_writes_only_cached_files_and_train_log_the_committed_ones():
 def test_the_check_requires_the_sections_its_pipeline_reads():
     assert set(pipeline_sections("params.yaml")) == set(yaml.safe_load((ROOT / "params.yaml").read_text()))
     assert set(pipeline_sections("study/params.yaml")) == set(yaml.safe_load((ROOT / "study/params.yaml").read_text()))
-    assert "plot" in pipeline_sections("./cifar/params.yaml") and "dissect" not in pipeline_sections("cifar/params.yaml")
+    cifar = pipeline_sections("./cifar/params.yaml")
+    assert "plot" in cifar and "dissect" not in cifar
     assert pipeline_sections("mine.yaml") == ()
 
 

@@ -179,10 +179,11 @@ def test_epochs_zero_takes_a_weights_file_as_it_is(project, capsys):
                                       compute={"precision": "fp32"}))
     assert run_main(train_stage.main) == 0
     # what it does meanwhile, instead of "training 0 epochs"
-    assert capsys.readouterr().out.startswith("train.epochs is 0: evaluating weights.pt as it is (torchvision:resnet18) "
-                                              "on cpu (fp32, ")
+    assert capsys.readouterr().out.startswith(
+        "train.epochs is 0: evaluating weights.pt as it is (torchvision:resnet18) on cpu (fp32, ")
     assert run_main(train_log_stage.main) == 0
-    assert capsys.readouterr().out.startswith("training log: no training (epoch 0: the weights as given), test accuracy ")
+    assert capsys.readouterr().out.startswith(
+        "training log: no training (epoch 0: the weights as given), test accuracy ")
     model, checkpoint = load_checkpoint("artifacts/train/model.pt")
     assert checkpoint["arch"] == "torchvision:resnet18" and checkpoint["weights"] == "weights.pt"
     assert all(torch.equal(state[k], v) for k, v in checkpoint["state_dict"].items())

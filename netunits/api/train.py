@@ -56,7 +56,8 @@ def run_train(inputs: TrainInputs, config: TrainParams, runtime: Runtime, source
     check_channels(train["images"].shape[1], spec, inputs.train_path)
     where = f"on {runtime.device} ({runtime.precision}, {torch.get_num_threads()} threads)"
     if config.epochs > 0:
-        print(f"training {config.arch} {where}: {len(train['labels'])} {train['dataset']} images, {config.epochs} epochs")
+        print(f"training {config.arch} {where}: {len(train['labels'])} {train['dataset']} images, "
+              f"{config.epochs} epochs")
     else:
         print(f"train.epochs is 0: evaluating {config.weights} as it is ({config.arch}) {where} on the "
               f"{len(train['labels'])} training and {len(test['labels'])} test {train['dataset']} images; no training")

@@ -20,7 +20,8 @@ class TrainLogResult:
     metrics: dict                      # the test subset after training
 
     def summary(self) -> str:
-        epochs = f"{len(self.history)} epochs" if self.history[-1]["epoch"] else "no training (epoch 0: the weights as given)"
+        trained = self.history[-1]["epoch"] > 0
+        epochs = f"{len(self.history)} epochs" if trained else "no training (epoch 0: the weights as given)"
         return f"training log: {epochs}, test accuracy {self.metrics['baseline_accuracy']:.4f}"
 
 
