@@ -17,16 +17,11 @@ from pathlib import Path
 
 import torch
 
-from netunits.errors import PipelineError
+from netunits.errors import PipelineError, load_failure
 from netunits.runtime import autocast, progress
 from netunits.torchvision_compat import torchvision_models
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-
-
-def _reason(exc):
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
 
 
 def import_open_clip(key, source="params.yaml"):
@@ -37,7 +32,7 @@ def import_open_clip(key, source="params.yaml"):
         import open_clip
     except ImportError as exc:
         raise PipelineError(f"{source}: '{key}' is 'clip', which needs the optional open_clip extra "
-                            f"({_reason(exc)}); install it with `make clip`") from None
+                            f"({load_failure(exc)}); install it with `make clip`") from None
     return open_clip
 
 
@@ -49,7 +44,7 @@ def _config_file(path, key, source):
     except FileNotFoundError:
         raise PipelineError(f"{source}: '{key}' is {str(path)!r}; no such file") from None
     except (OSError, json.JSONDecodeError) as exc:
-        raise PipelineError(f"{path}: not a JSON model config ({_reason(exc)})") from None
+        raise PipelineError(f"{path}: not a JSON model config ({load_failure(exc)})") from None
     model_cfg = config.get("model_cfg", config) if isinstance(config, dict) else None
     if not isinstance(model_cfg, dict) or not all(k in model_cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
         raise PipelineError(f"{path}: not an open_clip model config (it needs embed_dim, vision_cfg and text_cfg, "
@@ -155,12 +150,12 @@ def load_model(model, weights, device, model_key="clip_dissect.model", weights_k
             name, pretrained=str(weights.resolve()), device=device, **preprocessing)
     except Exception as exc:    # a state dict of another architecture, a corrupt file, a tower on the hub
         raise PipelineError(f"{weights}: could not build open_clip model {name!r} from it offline "
-                            f"({_reason(exc)})") from None
+                            f"({load_failure(exc)})") from None
     try:
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as exc:
         raise PipelineError(f"{source}: '{model_key}' is {model!r}, whose tokenizer could not be loaded "
-                            f"offline ({_reason(exc)})") from None
+                            f"offline ({load_failure(exc)})") from None
     return clip.eval(), preprocess, tokenizer
 
 

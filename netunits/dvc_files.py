@@ -4,6 +4,10 @@ dvc.yaml         every stage, files at the project root
 cifar/dvc.yaml   the ROF and influence stages on the released CIFAR-10 ResNet20, files under cifar/
 study/dvc.yaml   the generalization study: the first four stages as a DVC matrix over the grid
                  of study/params.yaml (one folder per cell), and the aggregate
+docs/pipeline.md dvc.yaml's graph (mermaid) and what each stage writes
+
+Every pipeline starts with check_params on its own params file; every other stage depends on
+its output.
 
 `python -m netunits.stage_table` writes them; `--check` exits 1 where a committed file differs.
 Each stage's code deps are its script and every stages/ or netunits/ module it imports,
@@ -18,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from netunits.stage_table import FILES, STAGES, STUDY_CELL, Stage
+from netunits.stage_table import FILES, PIPELINE_STAGES, STAGES, STUDY_CELL, Stage
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("stages", "netunits")
@@ -105,6 +109,8 @@ def _comment(text: str, indent: str) -> list[str]:
 
 
 def _params(stage: Stage, params_file: str | None) -> list[str]:
+    if stage.whole_params:    # a file with no list of keys: DVC tracks every key in it
+        return ["    params:", f"      - {params_file or 'params.yaml'}:"]
     if params_file is None:
         return ["    params:"] + [f"      - {p}" for p in stage.params]
     return ["    params:", f"      - {params_file}:"] + [f"          - {p}" for p in stage.params]
@@ -127,11 +133,14 @@ def _outs(stage: Stage, prefix: str, all_cached: bool) -> list[str]:
 
 
 def _stage(stage: Stage, name: str, cmd: list[str], prefix: str, params_file: str | None, all_cached: bool = False,
-           head: list[str] = ()) -> list[str]:
+           head: list[str] = (), checked: str = "") -> list[str]:
+    """`checked`: check_params' output, a dep of every other stage (so that DVC runs the check first)."""
     lines = _comment(stage.comment, "  ") if stage.comment and not all_cached else []
     lines += [f"  {name}:", *head, *cmd, "    deps:"]
     lines += [f"      - {d}" for d in stage_code(stage)] + [f"      - {prefix}{FILES[d].path}" for d in stage.deps]
-    return lines + _params(stage, params_file) + _outs(stage, prefix, all_cached)
+    lines += [f"      - {checked}"] * bool(checked and stage.name != "check_params")
+    params = _params(stage, params_file) if stage.params or stage.whole_params else []
+    return lines + params + _outs(stage, prefix, all_cached)
 
 
 @dataclass(frozen=True)
@@ -203,17 +212,20 @@ STUDY_PLOTS: list[Plot | str] = [
 GENERATED = ("Written by `python -m netunits.stage_table` from netunits/stage_table.py: edit the table, not\n"
              "this file (tests/test_stage_table.py checks that they agree).")
 
-MAIN_STAGES = ("prepare_data", "train", "extract_features", "rof_sweep", "influential_filters", "probe_concepts",
-               "dissect", "dissect_report", "compose", "clip_dissect", "report", "plot")
-CIFAR_STAGES = ("prepare_data", "train", "extract_features", "rof_sweep", "influential_filters", "plot")
-STUDY_CELL_STAGES = ("prepare_data", "train", "extract_features", "rof_sweep")
+MAIN_STAGES = PIPELINE_STAGES["params.yaml"]
+CIFAR_STAGES = PIPELINE_STAGES["cifar/params.yaml"]
+# run once per cell of the grid; check_params and the aggregate once
+STUDY_CELL_STAGES = tuple(name for name in PIPELINE_STAGES["study/params.yaml"]
+                          if name not in ("check_params", "study_aggregate"))
+CHECKED = FILES["params_checked"].path
 
 
 def main_pipeline() -> str:
     lines = _comment(GENERATED + "\nEach stage lists the code it runs (its script and the stages/ and netunits/ modules "
                      "that\nimports, read from the imports), the files and the params it reads.", "") + ["stages:"]
     for name in MAIN_STAGES:
-        lines += _stage(STAGES[name], name, [f"    cmd: python -m {STAGES[name].script}"], "", None) + [""]
+        lines += _stage(STAGES[name], name, [f"    cmd: python -m {STAGES[name].script}"], "", None,
+                        checked=CHECKED) + [""]
     lines += ["# `dvc plots show` / `dvc plots diff` render these."]
     return "\n".join(lines + ["plots:"] + _plots(MAIN_PLOTS, "")) + "\n"
 
@@ -225,7 +237,8 @@ def cifar_pipeline() -> str:
                      + GENERATED, "") + ["stages:"]
     for name in CIFAR_STAGES:
         cmd = [f"    cmd: python -m {STAGES[name].script} --params cifar/params.yaml --run-dir cifar"]
-        lines += _stage(STAGES[name], name, cmd, "cifar/", "cifar/params.yaml", head=["    wdir: .."]) + [""]
+        lines += _stage(STAGES[name], name, cmd, "cifar/", "cifar/params.yaml", head=["    wdir: .."],
+                        checked="cifar/" + CHECKED) + [""]
     return "\n".join(lines + ["plots:"] + _plots(CIFAR_PLOTS, "")) + "\n"
 
 
@@ -238,25 +251,52 @@ def study_pipeline() -> str:
                      "and seed set on the command line.\nStages run from the project root (wdir: ..). The cells' "
                      "outputs are cached by DVC, not committed;\nthe aggregate's are committed.\n" + GENERATED, "")
     lines += ["stages:"]
+    # the check's files under study/, beside the params file it checks (as cifar/'s under cifar/)
+    check = STAGES["check_params"]
+    checked = "study/" + CHECKED
+    lines += _stage(check, "check_params",
+                    [f"    cmd: python -m {check.script} --params study/params.yaml --run-dir study"], "study/",
+                    "study/params.yaml", head=["    wdir: .."]) + [""]
     matrix = ["    matrix:", "      noise: ${grid.label_noise}", "      seed: ${grid.seeds}", "    wdir: .."]
     for name in STUDY_CELL_STAGES:
         stage = STAGES[name]
         command = f"python -m {stage.script} --params study/params.yaml --run-dir {cell}"
         command += "".join(f" --set {override}" for override in stage.study_overrides)
         lines += _stage(stage, name, ["    cmd: >-", f"      {command}"], f"{cell}/", "study/params.yaml",
-                        all_cached=True, head=matrix) + [""]
+                        all_cached=True, head=matrix, checked=checked) + [""]
     aggregate = STAGES["study_aggregate"]
     lines += _stage(aggregate, "aggregate", [f"    cmd: python -m {aggregate.script} --params study/params.yaml"], "",
-                    "study/params.yaml", head=["    wdir: .."]) + [""]
+                    "study/params.yaml", head=["    wdir: .."], checked=checked) + [""]
     return "\n".join(lines + ["plots:"] + _plots(STUDY_PLOTS, "../")) + "\n"
 
 
-PIPELINES = {"dvc.yaml": main_pipeline, "cifar/dvc.yaml": cifar_pipeline, "study/dvc.yaml": study_pipeline}
+def _params_text(stage: Stage) -> str:
+    return "the whole file" if stage.whole_params else ", ".join(f"`{p}`" for p in stage.params) or "(none)"
+
+
+def pipeline_doc() -> str:
+    """docs/pipeline.md: the main pipeline's graph as a mermaid flowchart (GitHub draws it), an
+    edge from the stage writing a file to each stage reading it, and what each stage writes."""
+    producer = {out: name for name in MAIN_STAGES for out in STAGES[name].outs}
+    edges = dict.fromkeys(f"  {producer[dep]} --> {name}" for name in MAIN_STAGES for dep in STAGES[name].deps)
+    rows = [f"| `{name}` | {_params_text(STAGES[name])} | "
+            f"{', '.join(f'`{FILES[o].path}`' for o in STAGES[name].outs)} |" for name in MAIN_STAGES]
+    lines = ["# The pipeline (dvc.yaml)", "",
+             "<!-- " + GENERATED.replace("\n", " ").replace("this file", "this page") + " -->", "",
+             "`check_params` runs first: every other stage depends on its output (those edges are not drawn), "
+             "so a rejected value stops `dvc repro` before DVC removes any other stage's outputs.", "",
+             "```mermaid", "flowchart TD", *edges, "```", "",
+             "| stage | params | writes |", "|---|---|---|", *rows]
+    return "\n".join(lines) + "\n"
+
+
+PIPELINES = {"dvc.yaml": main_pipeline, "cifar/dvc.yaml": cifar_pipeline, "study/dvc.yaml": study_pipeline,
+             "docs/pipeline.md": pipeline_doc}
 
 
 def main(argv: list[str] | None = None, root: Path = ROOT) -> int:
-    parser = argparse.ArgumentParser(description="Write dvc.yaml, cifar/dvc.yaml and study/dvc.yaml from the "
-                                                 "stage table.")
+    parser = argparse.ArgumentParser(description="Write dvc.yaml, cifar/dvc.yaml, study/dvc.yaml and "
+                                                 "docs/pipeline.md from the stage table.")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a committed file differs")
     args = parser.parse_args(argv)
     stale = []

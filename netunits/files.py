@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from netunits.errors import PipelineError
+from netunits.errors import PipelineError, load_failure
 
 
 def _temp_name(path):
@@ -127,9 +127,9 @@ def load_checked(path, required, what):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, wrong format, pickled code: all unusable
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"{path}: corrupt or not a {what} ({reason[:200]}); "
-                            f"restore it with `dvc checkout` or rebuild it with `dvc repro -f`") from None
+        # `dvc checkout <file>`: a plain `dvc checkout` also tries the other pipelines' outputs
+        raise PipelineError(f"{path}: corrupt or not a {what} ({load_failure(exc)}); "
+                            f"restore it with `dvc checkout {path}` or rebuild it with `dvc repro -f`") from None
     if not isinstance(obj, dict):
         raise PipelineError(f"{path}: not a {what} (expected a dict, found {type(obj).__name__})")
     for key, check in required.items():

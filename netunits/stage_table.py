@@ -31,11 +31,16 @@ def metric(path: str) -> Out:
 
 # Every file of the pipeline, by the name stages use for it.
 FILES: dict[str, Out] = {
+    # check_params: the same few bytes whenever the params are valid, so that a valid change
+    # reruns only the stages that read it; cached, so that `dvc checkout` restores it
+    "params_checked": Out("artifacts/params_checked.txt"),
     # prepare_data
     "train_set": Out("data/prepared/train.pt"),
     "test_set": Out("data/prepared/test.pt"),
     # train
     "model": Out("artifacts/train/model.pt"),
+    "train_log": Out("artifacts/train/log.json"),
+    # train_log: the committed copies of train's log, written from the cached one
     "history": kept("artifacts/train/history.csv"),
     "train_metrics": metric("artifacts/metrics/train.json"),
     # extract_features
@@ -106,6 +111,7 @@ class Stage:
     comment: str = ""                      # written above the stage in dvc.yaml
     module: str = ""                       # default stages.<name>
     study_overrides: tuple[str, ...] = field(default=())  # --set ... per study cell
+    whole_params: bool = False             # its params are every key of the file
 
     @property
     def script(self) -> str:
@@ -113,11 +119,20 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
+    # Every other stage depends on its output (netunits/dvc_files.py adds it), so DVC runs it first
+    # and a rejected value stops the run before DVC removes any other stage's outputs.
+    Stage("check_params", (), (), ("params_checked",), whole_params=True,
+          comment="every section of the params file checked before any other stage runs (all of them depend on\n"
+                  "its output); its params are the whole file, so a misspelt section reruns it too"),
     Stage("prepare_data", ("data",), (), ("train_set", "test_set"),
           study_overrides=("data.label_noise=${item.noise}", "data.seed=${item.seed}")),
-    Stage("train", ("train", "compute"), ("train_set", "test_set"), ("model", "history", "train_metrics"),
-          comment="The CSVs are plain outputs; the titled definitions under `plots:` below render them.",
+    Stage("train", ("train", "compute"), ("train_set", "test_set"), ("model", "train_log"),
+          comment="Every output cached, so that `dvc checkout` restores all of them after a failed run.",
           study_overrides=("train.seed=${item.seed}",)),
+    Stage("train_log", (), ("train_log",), ("history", "train_metrics"),
+          comment="train's log as the committed CSV and metrics (the titled definitions under `plots:` render the\n"
+                  "CSV); a train run that fails leaves them in place: DVC removes a stage's outputs only when it\n"
+                  "runs that stage"),
     Stage("extract_features", ("extract_features", "compute"), ("model", "train_set", "test_set"),
           ("train_features", "test_features")),
     Stage("rof_sweep", ("rof",), ("model", "train_features", "test_features"),
@@ -152,6 +167,26 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("study_aggregate", ("grid", "aggregate"), ("study_runs",),
           ("study_summary", "study_table", "study_figure", "study_metrics")),
 )}
+
+
+# The stages of each pipeline (dvc.yaml, cifar/dvc.yaml, study/dvc.yaml), by the params file it reads.
+PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
+    "params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep",
+                    "influential_filters", "probe_concepts", "dissect", "dissect_report", "compose", "clip_dissect",
+                    "report", "plot"),
+    "cifar/params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep",
+                          "influential_filters", "plot"),
+    # the study's cells need no train_log: the aggregate reads only their rof.json
+    "study/params.yaml": ("check_params", "prepare_data", "train", "extract_features", "rof_sweep", "study_aggregate"),
+}
+
+
+def pipeline_sections(params_file: str | Path) -> tuple[str, ...]:
+    """The params sections the stages of the pipeline reading `params_file` need; none for a file
+    no pipeline reads."""
+    stages = PIPELINE_STAGES.get(Path(params_file).as_posix().removeprefix("./"), ())
+    sections = [p.split(".")[0] for name in stages for p in STAGES[name].params]
+    return tuple(dict.fromkeys(sections))
 
 
 def stage_paths(stage: str, run_dir: Path | str = ".") -> dict[str, Path]:

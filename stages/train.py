@@ -4,9 +4,10 @@ started from a local weights file (train.weights); with train.epochs 0 those wei
 model, unchanged.
 
 Reads params `train` and `compute`, data/prepared/{train,test}.pt; writes artifacts/train/model.pt (the
-checkpoint: state dict plus what rebuilds the model, netunits/models), artifacts/train/history.csv
-(per epoch: loss, running train accuracy, test accuracy) and artifacts/metrics/train.json
-(baseline_accuracy: the test subset after training).
+checkpoint: state dict plus what rebuilds the model, netunits/models) and artifacts/train/log.json
+(per epoch: loss, running train accuracy, test accuracy, test loss; the metrics of the test
+subset after training), both cached; stage train_log writes the committed history.csv and
+artifacts/metrics/train.json from the log.
 """
 from netunits.api.train import load_train_inputs, run_train, write_train
 from netunits.files import remove_stale_temps

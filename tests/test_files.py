@@ -33,12 +33,23 @@ def test_load_checked_refuses_corrupt_truncated_and_pickled_code(tmp_path):
     assert files.load_checked(good, {"a": lambda v: v.shape == (3,)}, "thing")["a"].sum() == 3
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:100])
-    with pytest.raises(PipelineError, match="truncated.pt: corrupt or not a thing"):
+    # torch's reason in whole sentences, never cut mid-word
+    with pytest.raises(PipelineError) as error:
         files.load_checked(truncated, {}, "thing")
+    assert str(error.value) == (f"{truncated}: corrupt or not a thing (PytorchStreamReader failed reading zip archive: "
+                                f"failed finding central directory.); restore it with `dvc checkout {truncated}` or "
+                                f"rebuild it with `dvc repro -f`")
     code = tmp_path / "code.pt"
     torch.save({"a": os.getcwd, "b": torch.ones(1)}, code)  # a pickled function is refused by weights_only
-    with pytest.raises(PipelineError, match="code.pt: corrupt or not a thing"):
+    with pytest.raises(PipelineError) as error:
         files.load_checked(code, {}, "thing")
+    # what was refused, without torch's advice to load it with weights_only=False (running its code)
+    assert str(error.value).startswith(f"{code}: corrupt or not a thing (weights_only loading refused it: Trying to "
+                                       f"load unsupported GLOBAL posix.getcwd whose module posix is blocked.); ")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(PipelineError, match=r"empty.pt: corrupt or not a thing \(EOFError\)"):
+        files.load_checked(empty, {}, "thing")
     with pytest.raises(PipelineError, match="entry 'b' is missing or malformed"):
         files.load_checked(good, {"b": lambda v: True}, "thing")
     with pytest.raises(PipelineError, match="absent.pt: thing not found"):

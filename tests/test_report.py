@@ -173,10 +173,17 @@ def test_a_missing_method_or_another_checkpoint_leaves_its_columns_out(reported)
     assert [p.name for p in (reported / "artifacts/report/methods").iterdir()] == ["rof.html"]
 
 
-def test_a_corrupt_checkpoint_is_named_and_every_column_from_it_left_out(reported):
+def test_a_corrupt_checkpoint_is_named_and_every_column_from_it_left_out(reported, capsys):
     model = reported / "artifacts/train/model.pt"
     model.write_bytes(model.read_bytes()[:1000])                     # truncated
     assert run_main(report.main, "--set", "report.thumbnail=32") == 0
+    # the console: the summary, then the note whole, torch's reason a complete sentence
+    out = capsys.readouterr().out.splitlines()
+    assert re.match(r"report: \d+ units of an unknown layer, [\d.]+ MiB of pages and images$", out[0]) and len(out) == 2
+    assert out[1].startswith("checkpoint unreadable, so every column computed from it is left out (ROF roles")
+    assert out[1].endswith("artifacts/train/model.pt: corrupt or not a model checkpoint (PytorchStreamReader failed "
+                           "reading zip archive: failed finding central directory.); restore it with `dvc checkout "
+                           "artifacts/train/model.pt` or rebuild it with `dvc repro -f`")
     index = (reported / "artifacts/report/index.html").read_text()
     assert "checkpoint unreadable, so every column computed from it is left out" in index
     assert "artifacts/train/model.pt: corrupt or not a model checkpoint" in index

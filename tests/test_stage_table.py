@@ -7,7 +7,7 @@ import yaml
 
 from conftest import ROOT
 from netunits import dvc_files
-from netunits.stage_table import FILES, STAGES, stage_paths, study_cell
+from netunits.stage_table import FILES, STAGES, pipeline_sections, stage_paths, study_cell
 
 
 def test_the_committed_pipelines_are_the_generated_ones():
@@ -44,7 +44,7 @@ def test_code_deps_follow_the_imports_transitively(tmp_path):
 def test_model_code_is_a_dep_of_the_stages_that_build_a_model_only():
     main = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in main.items():
-        builds = any(p == "compute" for p in stage["params"])
+        builds = any(p == "compute" for p in stage.get("params", []))
         assert ("netunits/models/resnet.py" in stage["deps"]) == builds, name
     # the registry's facts (the pooled layer) without its builders
     assert "netunits/models/registry.py" in main["rof_sweep"]["deps"]
@@ -69,3 +69,38 @@ def test_stage_paths_are_the_tables_under_the_run_dir():
     assert study_cell(".", 0.2, 1) == Path("artifacts/study/runs/noise0.2_seed1")
     study = yaml.safe_load((ROOT / "study/dvc.yaml").read_text())["stages"]
     assert "--run-dir artifacts/study/runs/noise${item.noise}_seed${item.seed}" in study["train"]["cmd"]
+
+
+def test_every_stage_of_each_pipeline_waits_for_its_params_check():
+    # DVC runs a stage only after the stages writing its deps: with check_params' output a dep of
+    # every other stage, a rejected value stops the run before DVC removes any other output
+    for folder in ("", "cifar/", "study/"):
+        pipeline, checked, params_file = (f"{folder}{name}" for name in ("dvc.yaml", "artifacts/params_checked.txt",
+                                                                          "params.yaml"))
+        stages = yaml.safe_load((ROOT / pipeline).read_text())["stages"]
+        check = stages.pop("check_params")
+        assert check["outs"] == [checked] and check["params"] == [{params_file: None}], pipeline
+        assert stages and all(checked in stage["deps"] for stage in stages.values()), pipeline
+
+
+def test_train_writes_only_cached_files_and_train_log_the_committed_ones():
+    # so that `dvc checkout` restores every output train loses when a run fails
+    assert all(FILES[name].cache for name in STAGES["train"].outs)
+    assert {FILES[name].path for name in STAGES["train_log"].outs} == {"artifacts/train/history.csv",
+                                                                       "artifacts/metrics/train.json"}
+
+
+def test_the_check_requires_the_sections_its_pipeline_reads():
+    assert set(pipeline_sections("params.yaml")) == set(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert set(pipeline_sections("study/params.yaml")) == set(yaml.safe_load((ROOT / "study/params.yaml").read_text()))
+    cifar = pipeline_sections("./cifar/params.yaml")
+    assert "plot" in cifar and "dissect" not in cifar
+    assert pipeline_sections("mine.yaml") == ()
+
+
+def test_the_pipeline_page_draws_every_stage_and_edge_of_dvc_yaml():
+    page = (ROOT / "docs/pipeline.md").read_text()
+    graph = page.split("```mermaid\n")[1].split("```")[0]
+    assert "  rof_sweep --> plot" in graph and "  train --> train_log" in graph and "check_params" not in graph
+    for name in dvc_files.MAIN_STAGES:
+        assert f"| `{name}` |" in page, name

@@ -45,7 +45,8 @@ def test_tiny_grid_runs_the_pipeline_stages_through_dvc(tmp_path):
     ran = stages_run(dvc(repo, "repro", "study/dvc.yaml").stdout)
     cells = [f"{n}-{s}" for n in ("0.0", "0.6") for s in (0, 1)]
     assert sorted(ran) == sorted([f"{stage}@{cell}" for stage in ("prepare_data", "train", "extract_features",
-                                                                  "rof_sweep") for cell in cells] + ["aggregate"])
+                                                                  "rof_sweep") for cell in cells] +
+                                 ["aggregate", "check_params"])
     noisy = json.loads((repo / "artifacts/study/runs/noise0.6_seed1/artifacts/metrics/rof.json").read_text())
     assert noisy["train"]["labels_changed"] == 120 and "labels_changed" not in noisy["test"]
     rows = (repo / "artifacts/study/summary.csv").read_text().splitlines()
@@ -54,15 +55,24 @@ def test_tiny_grid_runs_the_pipeline_stages_through_dvc(tmp_path):
     assert metrics["n_runs"] == 4 and set(metrics["acc"]) == {"both", "train_only", "test_only", "neither"}
     assert "| 0.6 | 2 |" in (repo / "artifacts/study/summary.md").read_text()
     assert (repo / "artifacts/study/ratios_vs_gap.png").stat().st_size > 0
-    # adding a seed runs only the new cells and the aggregation
+    # adding a seed runs only the new cells and the aggregation (after the check of the file)
     (repo / "study/params.yaml").write_text(yaml.safe_dump(tiny_study([0, 1, 2]), sort_keys=False))
     ran = stages_run(dvc(repo, "repro", "study/dvc.yaml").stdout)
     assert sorted(ran) == sorted([f"{stage}@{n}-2" for stage in ("prepare_data", "train", "extract_features",
-                                                                 "rof_sweep") for n in ("0.0", "0.6")] + ["aggregate"])
+                                                                 "rof_sweep") for n in ("0.0", "0.6")] +
+                                 ["aggregate", "check_params"])
     # a rof param reruns every cell's rof_sweep and the aggregation, nothing upstream
     params = tiny_study([0, 1, 2])
     params["rof"]["acc_tolerance"] = 0.02
     (repo / "study/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = stages_run(dvc(repo, "repro", "study/dvc.yaml").stdout)
-    assert sorted(name for name in ran if name != "aggregate") == sorted(
+    assert sorted(name for name in ran if name not in ("aggregate", "check_params")) == sorted(
         f"rof_sweep@{n}-{s}" for n in ("0.0", "0.6") for s in (0, 1, 2))
+    # a rejected grid value stops the run at the check, before DVC removes any cell's outputs
+    params["grid"]["label_noise"] = [0.0, 0.95]
+    (repo / "study/params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    checkpoint = (repo / "artifacts/study/runs/noise0.6_seed1/artifacts/train/model.pt").read_bytes()
+    result = dvc(repo, "repro", "study/dvc.yaml", check=False)
+    assert result.returncode != 0 and stages_run(result.stdout) == ["check_params"]
+    assert "error: study/params.yaml: 'grid.label_noise' is [0.0, 0.95]; it must be a non-empty list" in result.stderr
+    assert (repo / "artifacts/study/runs/noise0.6_seed1/artifacts/train/model.pt").read_bytes() == checkpoint

@@ -11,6 +11,7 @@ from netunits.errors import PipelineError
 from netunits.models.registry import build_model, load_checkpoint
 from netunits.runtime import seed_everything
 from stages import train as train_stage
+from stages import train_log as train_log_stage
 
 
 def tiny_model_and_data(project):
@@ -170,13 +171,19 @@ def test_train_model_leaves_no_hooks(project):
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_epochs_zero_takes_a_weights_file_as_it_is(project):
+def test_epochs_zero_takes_a_weights_file_as_it_is(project, capsys):
     # the tiny run's weights, read by torchvision's own resnet18: no training, one evaluation
     state = torch.load("artifacts/train/model.pt", weights_only=True)["state_dict"]
     torch.save(state, "weights.pt")
     write_params(project, tiny_params(train={"arch": "torchvision:resnet18", "weights": "weights.pt", "epochs": 0},
                                       compute={"precision": "fp32"}))
     assert run_main(train_stage.main) == 0
+    # what it does meanwhile, instead of "training 0 epochs"
+    assert capsys.readouterr().out.startswith(
+        "train.epochs is 0: evaluating weights.pt as it is (torchvision:resnet18) on cpu (fp32, ")
+    assert run_main(train_log_stage.main) == 0
+    assert capsys.readouterr().out.startswith(
+        "training log: no training (epoch 0: the weights as given), test accuracy ")
     model, checkpoint = load_checkpoint("artifacts/train/model.pt")
     assert checkpoint["arch"] == "torchvision:resnet18" and checkpoint["weights"] == "weights.pt"
     assert all(torch.equal(state[k], v) for k, v in checkpoint["state_dict"].items())

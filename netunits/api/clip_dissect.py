@@ -13,7 +13,7 @@ import torch
 from netunits.activations import iterate_activations
 from netunits.clip_models import image_embeddings, load_model, text_embeddings
 from netunits.data.probe import load_probe, unpack_masks
-from netunits.errors import PipelineError
+from netunits.errors import PipelineError, load_failure
 from netunits.files import file_sha256, read_csv, remove_stale_temps, write_csv, write_json
 from netunits.methods.clip_dissect import (agreement_metrics, annotation_matrix, best_concepts, overall_agreement,
                                            parse_concepts, pixel_coverage, similarity_blocks, unit_summary)
@@ -64,7 +64,7 @@ def read_concept_file(path: str | Path, source: str = "params.yaml") -> list[str
     except FileNotFoundError:
         raise PipelineError(f"{source}: 'clip_dissect.concepts' is {str(path)!r}; no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"{path}: not a readable UTF-8 text file ({str(exc)[:200]})") from None
+        raise PipelineError(f"{path}: not a readable UTF-8 text file ({load_failure(exc)})") from None
     names = parse_concepts(text)
     if not names:
         raise PipelineError(f"{path}: no concepts in the concept file (one per line; blank lines and repeats "

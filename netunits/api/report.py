@@ -108,7 +108,8 @@ class ReportResult:
         size = sum(len(v if isinstance(v, bytes) else v.encode()) for v in self.files.values()) / 2**20
         line = (f"report: {len(self.rows)} units of {self.layer or 'an unknown layer'}, "
                 f"{size:.1f} MiB of pages and images")
-        return line + (f"; left out: {' | '.join(self.notes)}" if self.notes else "")
+        # one line per note: each names what is left out and why, and may hold a "; " of its own
+        return "\n".join([line] + self.notes)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 
 from netunits.data.prepared import load_prepared
 from netunits.errors import PipelineError
-from netunits.files import save_torch, write_csv, write_json
+from netunits.files import save_torch, write_json
 from netunits.models.inputs import check_channels, input_spec
 from netunits.models.registry import build_model, get_architecture, load_weights
 from netunits.params import TrainParams
@@ -54,8 +54,13 @@ def run_train(inputs: TrainInputs, config: TrainParams, runtime: Runtime, source
     train, test = inputs.train, inputs.test
     spec = input_spec(architecture.in_channels, config.input_norm)
     check_channels(train["images"].shape[1], spec, inputs.train_path)
-    print(f"training {config.arch} on {runtime.device} ({runtime.precision}, {torch.get_num_threads()} threads): "
-          f"{len(train['labels'])} {train['dataset']} images, {config.epochs} epochs")
+    where = f"on {runtime.device} ({runtime.precision}, {torch.get_num_threads()} threads)"
+    if config.epochs > 0:
+        print(f"training {config.arch} {where}: {len(train['labels'])} {train['dataset']} images, "
+              f"{config.epochs} epochs")
+    else:
+        print(f"train.epochs is 0: evaluating {config.weights} as it is ({config.arch}) {where} on the "
+              f"{len(train['labels'])} training and {len(test['labels'])} test {train['dataset']} images; no training")
     seed_everything(config.seed)
     model = build_model(config.arch, train["n_classes"])
     if config.weights is not None:
@@ -85,6 +90,6 @@ def run_train(inputs: TrainInputs, config: TrainParams, runtime: Runtime, source
 
 
 def write_train(result: TrainResult, paths: dict[str, Path]) -> None:
+    """The checkpoint and the log, both cached; stage train_log writes the log's committed copies."""
     save_torch(result.checkpoint, paths["model"])
-    write_csv(result.history, paths["history"])
-    write_json(result.metrics, paths["train_metrics"])
+    write_json({"history": result.history, "metrics": result.metrics}, paths["train_log"])

