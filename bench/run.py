@@ -81,7 +81,7 @@ def plain_args(params):
 
 
 def make_repo(params):
-    from tests.conftest import scratch_repo   # the test suite's scratch git + DVC repository
+    from tests.conftest import scratch_repo  # the test suite's scratch git + DVC repository
     return scratch_repo(Path(tempfile.mkdtemp(prefix="netunits-bench-")), params)
 
 
@@ -124,7 +124,8 @@ def run_lines(runs):
         lines += ["Wall time ratio per pair (in run order): " +
                   ", ".join(f"{q['wall'] / p['wall']:.2f}" for p, q in zip(plain, pipeline)) +
                   "; test accuracy the same in every repeat: " +
-                  str(len({r["test_accuracy"] for r in plain}) == 1 and len({r["test_accuracy"] for r in pipeline}) == 1),
+                  str(len({r["test_accuracy"] for r in plain}) == 1
+                      and len({r["test_accuracy"] for r in pipeline}) == 1),
                   ""]
     parts = {k: median([r[k] for r in plain]) for k in plain[0] if k.endswith("_s")}
     lines += ["Plain run's parts (s): " + ", ".join(f"{k[:-2]} {v:.1f}" for k, v in parts.items()),
@@ -269,6 +270,7 @@ def conv_lines(image_size, batch_size, repeats=5):
     """Each distinct convolution of ResNet18 at this image size: oneDNN (autocast conv2d) against
     the matrix product, forward + backward in bf16, best of `repeats` with the two interleaved."""
     import torch.nn.functional as F
+
     from netunits.accel.gemm_conv import gemm_conv2d
     from netunits.models.registry import build_model
     shapes = {}
@@ -282,7 +284,8 @@ def conv_lines(image_size, batch_size, repeats=5):
             module.register_forward_hook(record)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model(torch.zeros(1, 3, image_size, image_size))
-    lines = [f"ResNet18 convolutions at {image_size} px, batch {batch_size}, bf16 forward + backward (best of {repeats}):",
+    lines = [f"ResNet18 convolutions at {image_size} px, batch {batch_size}, bf16 forward + backward "
+             f"(best of {repeats}):",
              "", "| c_in -> c_out, kernel/stride | input map | output positions | oneDNN ms | matrix product ms | "
              "path taken |", "|---|---:|---:|---:|---:|---|"]
     for (c_in, c_out, kernel, stride, padding, size), (out_size, takes_product) in shapes.items():
@@ -291,12 +294,13 @@ def conv_lines(image_size, batch_size, repeats=5):
         x.requires_grad_(size != image_size)   # the first convolution's input is the image: no gradient
         weight.requires_grad_(True)
 
-        def onednn():
+        # defaults bind this shape's tensors: both functions are timed within this iteration
+        def onednn(x=x, weight=weight, stride=stride, padding=padding):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 y = F.conv2d(x, weight, stride=stride, padding=padding)
             y.backward(torch.ones_like(y))
 
-        def product():
+        def product(x=x, weight=weight, stride=stride, padding=padding):
             y = gemm_conv2d(x, weight.to(torch.bfloat16), stride, padding)
             y.backward(torch.ones_like(y))
         times = {onednn: [], product: []}
@@ -316,7 +320,8 @@ def sweep_lines(quick):
     lines = []
     n = 300 if quick else 6000
     fast_s, slow_s, agree = sweep_speed(n, 512)
-    lines += [f"ROF sweep, {n} samples x 512 units (best of {SWEEP_REPEATS} each, alternating): vectorised {fast_s:.2f} s, loop {slow_s:.2f} s, "
+    lines += [f"ROF sweep, {n} samples x 512 units (best of {SWEEP_REPEATS} each, alternating): "
+              f"vectorised {fast_s:.2f} s, loop {slow_s:.2f} s, "
               f"speed-up {slow_s / fast_s:.0f}x, equal: {agree}"]
     big = (2000, 2048) if quick else (50000, 2048)
     code = (f"import resource; from bench.run import sweep_speed; "

@@ -3,7 +3,8 @@ extract_features.layers (which must include the architecture's pooled layer, avg
 training and the test subsets, by forward hooks in eval mode.
 
 Reads params `extract_features` and `compute`, artifacts/train/model.pt and
-data/prepared/{train,test}.pt; writes artifacts/features/{train,test}.pt, each a dict with features ({layer: fp32 N x units}),
+data/prepared/{train,test}.pt; writes artifacts/features/{train,test}.pt, each a dict with
+features ({layer: fp32 N x units}),
 logits (the model's own fp32 output), labels, indices, clean_labels where the labels carry
 noise, and the sha256 of the checkpoint they came from (rof_sweep refuses features that do not
 match the checkpoint it is given).

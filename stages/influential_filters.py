@@ -11,8 +11,11 @@ class sets), by_k.csv (one row per k), by_class.csv (one row per k and class), u
 per-unit role table with the classes each unit is influential for at influence.table_k) and
 artifacts/metrics/influence.json.
 """
-from netunits.api.influential_filters import (load_influential_filters_inputs, run_influential_filters,
-                                              write_influential_filters)
+from netunits.api.influential_filters import (
+    load_influential_filters_inputs,
+    run_influential_filters,
+    write_influential_filters,
+)
 from netunits.files import remove_stale_temps
 from netunits.runtime import run_stage, stage_args, stage_config
 from netunits.stage_table import stage_outs, stage_paths

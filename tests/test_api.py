@@ -17,7 +17,7 @@ def test_run_functions_are_found_lazily_and_one_stage_loads_no_other():
     assert {"run_rof_sweep", "run_train", "run_plot"} <= set(api.__all__)
     assert api.run_rof_sweep is run_rof_sweep
     with pytest.raises(AttributeError):
-        api.run_nothing
+        _ = api.run_nothing
     code = "import sys, netunits.api.rof_sweep; print(sorted(m for m in sys.modules if m.startswith('netunits.api.')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['netunits.api.rof_sweep']"
@@ -39,7 +39,8 @@ def test_rof_sweep_from_tensors():
     features, labels, weight, bias = planted()
     subset = {"units": features, "labels": labels, "logits": features @ weight.T + bias}
     result = run_rof_sweep(RofSweepInputs(weight, bias, {"train": subset, "test": subset}),
-                           RofParams(ranking="l1", turning_point="exact", acc_tolerance=0.0, loss_tolerance=0.0, seed=0))
+                           RofParams(ranking="l1", turning_point="exact", acc_tolerance=0.0, loss_tolerance=0.0,
+                                     seed=0))
     curve = result.curves["test"]
     assert len(curve) == 13 and curve[0]["n_units"] == 0 and curve[-1]["accuracy"] == 1.0
     # the four planted units carry the L1 mass: retrieved first, and all of the accuracy by then

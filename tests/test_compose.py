@@ -9,7 +9,7 @@ import torch
 from netunits.errors import PipelineError
 from netunits.methods.bitmasks import pack, unpack
 from netunits.methods.compose_search import FormulaCounts, Primitives, UnitView, extensions, search_units
-from netunits.methods.formula import (CONNECTORS, canonical, formula_length, from_json, parse, to_json, to_string)
+from netunits.methods.formula import CONNECTORS, canonical, formula_length, from_json, parse, to_json, to_string
 from netunits.methods.formula_masks import evaluate, expand, near, plain_score, score_from_counts
 
 

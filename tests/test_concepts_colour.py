@@ -3,8 +3,17 @@ import numpy as np
 import pytest
 import torch
 
-from netunits.concepts_colour import (COLOUR_RULES, TERMS, XKCD_CENTROIDS, colourfulness, concept_table,
-                                      name_colours, natural_annotations, natural_probe, xkcd_named_colours)
+from netunits.concepts_colour import (
+    COLOUR_RULES,
+    TERMS,
+    XKCD_CENTROIDS,
+    colourfulness,
+    concept_table,
+    name_colours,
+    natural_annotations,
+    natural_probe,
+    xkcd_named_colours,
+)
 from netunits.data.cifar10 import CLASSES
 from netunits.data.probe import load_probe, unpack_masks
 from netunits.errors import PipelineError

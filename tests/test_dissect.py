@@ -10,7 +10,6 @@ from netunits.files import read_csv
 from stages import dissect, dissect_report, probe_concepts
 
 
-
 @pytest.fixture
 def dissected(project):
     """The tiny run (conftest): 60 probe digits, masks at 16 px, layer2, layer3 and layer4."""

@@ -4,8 +4,14 @@ import torch
 from torch import nn
 
 from netunits.errors import PipelineError
-from netunits.featurevis import (LUCID_COLOUR_CORRELATION, FourierImage, colour_correlation, default_transforms,
-                                 select_units, visualize)
+from netunits.featurevis import (
+    LUCID_COLOUR_CORRELATION,
+    FourierImage,
+    colour_correlation,
+    default_transforms,
+    select_units,
+    visualize,
+)
 from netunits.models.inputs import input_spec
 
 SIZE = 16

@@ -4,9 +4,9 @@ import torch
 import torch.nn.functional as F
 
 from netunits.accel import gemm_conv
+from netunits.accel.gemm_conv import SmallMapConv2d, gemm_conv2d
 from netunits.models.registry import build_model
 from netunits.torchvision_compat import torchvision_models
-from netunits.accel.gemm_conv import SmallMapConv2d, gemm_conv2d
 
 # (batch, c_in, size, c_out, kernel, stride, padding): every geometry ResNet18 has, odd sizes,
 # and a 1x1 map (layer4 at 32 px).

@@ -26,7 +26,8 @@ def test_outputs_agree_with_each_other_and_with_rof(project):
     assert sorted(listed) == sorted((int(c), u) for c, e in sets["5"].items() for u in e["units"])
     by_class = read_csv(project / "artifacts/influence/by_class.csv", numeric=False)
     first = {name: values[0] for name, values in by_class.items()}
-    u0 = set(json.loads((project / "artifacts/rof/units.json").read_text())["subsets"]["train"]["U0"]["tolerance"]["acc"])
+    units = json.loads((project / "artifacts/rof/units.json").read_text())
+    u0 = set(units["subsets"]["train"]["U0"]["tolerance"]["acc"])
     members = [int(u) for u in first["units"].split(";")]
     assert int(first["in_u0_train_acc"]) == len(u0 & set(members))
     assert first["roles_acc"].split(";") == [roles["category_acc"][u] for u in members]

@@ -4,8 +4,16 @@ import torch
 from torch import nn
 
 from netunits.errors import PipelineError
-from netunits.layer_rof import (channel_order, grid, grid_turning_points, layer_maps, refine, retrieval_at_layer,
-                                tail_logits, tail_modules)
+from netunits.layer_rof import (
+    channel_order,
+    grid,
+    grid_turning_points,
+    layer_maps,
+    refine,
+    retrieval_at_layer,
+    tail_logits,
+    tail_modules,
+)
 from netunits.models.cifar_resnet import cifar_resnet
 
 DEVICE = torch.device("cpu")

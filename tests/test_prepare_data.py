@@ -11,10 +11,10 @@ import torch
 
 from conftest import run_main, tiny_params, write_params
 from netunits.data import mnist, pickles, subsets
-from stages import prepare_data
 from netunits.data.registry import DATASETS, check_request, get_dataset
-from netunits.params import DataParams
 from netunits.errors import PipelineError
+from netunits.params import DataParams
+from stages import prepare_data
 
 
 @pytest.fixture(scope="module")
@@ -217,4 +217,5 @@ def test_registry_refuses_unknown_data_sets_and_oversized_subsets(tmp_path, monk
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, tiny_params(data={"dataset": "cifar100"}))
     assert run_main(prepare_data.main) == 2
-    assert capsys.readouterr().err == "error: params.yaml: 'data.dataset' is 'cifar100'; allowed data sets: mnist, cifar10\n"
+    assert capsys.readouterr().err == \
+        "error: params.yaml: 'data.dataset' is 'cifar100'; allowed data sets: mnist, cifar10\n"

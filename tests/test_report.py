@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from conftest import run_main
-from netunits.api.report import (MethodTable, ReportInputs, RunRecord, classes_text, formula_concepts,
-                                 run_report)
+from netunits.api.report import MethodTable, ReportInputs, RunRecord, classes_text, formula_concepts, run_report
 from netunits.files import file_sha256, read_csv
 from netunits.report import curve_chart, histogram_chart, mark
 from stages import report

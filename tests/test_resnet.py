@@ -6,10 +6,10 @@ import sys
 import pytest
 import torch
 
-from netunits.torchvision_compat import torchvision_models
+from conftest import ROOT
 from netunits.accel.maxpool import MaxPool2d
 from netunits.models.resnet import resnet18
-from conftest import ROOT
+from netunits.torchvision_compat import torchvision_models
 
 
 def test_same_seed_gives_torchvision_weights_bit_for_bit():

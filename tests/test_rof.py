@@ -118,7 +118,8 @@ def sweep_digest(**env):
 @pytest.mark.slow
 def test_sweep_bits_do_not_depend_on_mkl_code_paths():
     # DVC compares output hashes, so a rerun must write the same bits. MKL's BLAS and vector
-    # math results depend on the kernels it picks at run time ; forcing MKL onto other code paths must not change the sweep.
+    # math results depend on the kernels it picks at run time; forcing MKL onto other code paths
+    # must not change the sweep.
     default = sweep_digest()
     assert sweep_digest(MKL_CBWR="COMPATIBLE") == default
     assert sweep_digest(MKL_ENABLE_INSTRUCTIONS="AVX2") == default

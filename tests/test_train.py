@@ -22,7 +22,8 @@ def tiny_model_and_data(project):
 
 def run_training(project, **overrides):
     model, subsets = tiny_model_and_data(project)
-    settings = dict(epochs=1, batch_size=50, lr=1e-3, lr_schedule="constant", seed=0, device=torch.device("cpu"), precision="fp32",
+    settings = dict(epochs=1, batch_size=50, lr=1e-3, lr_schedule="constant", seed=0, device=torch.device("cpu"),
+                    precision="fp32",
                     eval_batch_size=100)
     settings.update(overrides)
     history = train.train_model(model, subsets["train"], subsets["test"], **settings)
@@ -71,7 +72,8 @@ def test_nan_loss_stops_with_a_clear_error(project):
         model.fc.bias.fill_(float("nan"))
     try:
         train.train_model(model, subsets["train"], subsets["test"], epochs=1, batch_size=50, lr=1e-3,
-                          lr_schedule="constant", seed=0, device=torch.device("cpu"), precision="fp32", eval_batch_size=100)
+                          lr_schedule="constant", seed=0, device=torch.device("cpu"), precision="fp32",
+                          eval_batch_size=100)
     except PipelineError as exc:
         assert "the loss became nan at epoch 1, batch 1; no checkpoint written; lower 'train.lr'" in str(exc)
     else:

@@ -105,7 +105,8 @@ class _GemmConv2d(torch.autograd.Function):
         elif ctx.needs_input_grad[0]:
             # strided: scatter each tap's share back onto the (padded) input, summing in fp32
             flat_weight = weight.permute(0, 2, 3, 1).reshape(c_out, patch)
-            padded = torch.zeros(n, h + 2 * padding, w + 2 * padding, c, dtype=torch.promote_types(x.dtype, torch.float32))
+            padded = torch.zeros(n, h + 2 * padding, w + 2 * padding, c,
+                                 dtype=torch.promote_types(x.dtype, torch.float32))
             rows, cols = stride * (out_h - 1) + 1, stride * (out_w - 1) + 1
             for first, last in chunks:
                 grad_patches = (grad_rows[first * positions:last * positions] @ flat_weight)

@@ -14,8 +14,7 @@ from netunits.api.dissect import DissectResult, LayerTallies
 from netunits.data.probe import load_probe
 from netunits.errors import PipelineError
 from netunits.files import load_checked, read_csv, remove_stale_temps, write_csv, write_json
-from netunits.methods.dissection import (detector_summary, detectors_per_concept, role_summary, unit_masks,
-                                         unit_rows)
+from netunits.methods.dissection import detector_summary, detectors_per_concept, role_summary, unit_masks, unit_rows
 from netunits.methods.rof import CATEGORIES
 from netunits.models.checkpoint import load_checkpoint_file
 from netunits.models.registry import get_architecture

@@ -92,7 +92,8 @@ def run_influential_filters(inputs: InfluenceInputs, config: InfluenceParams,
                             f"{inputs.layer} has only {n_units} units")
     test_f, test_y = inputs.features["test"], inputs.labels["test"]
     full = influence.decomposed_logits(test_f, weight, bias, torch.ones(n_classes, n_units, dtype=torch.bool))
-    metrics = {"layer": inputs.layer, "n_units": n_units, "accuracy_model": influence.accuracy(inputs.test_logits, test_y),
+    metrics = {"layer": inputs.layer, "n_units": n_units,
+               "accuracy_model": influence.accuracy(inputs.test_logits, test_y),
                "accuracy_full": influence.accuracy(full, test_y), "by_k": {}}
     results = influence.sweep(inputs.features["train"], inputs.labels["train"], test_f, test_y, weight, bias,
                               config.k, config.k_image, config.noise_seed)

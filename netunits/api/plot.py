@@ -34,7 +34,8 @@ class PlotResult:
 
 
 def load_plot_inputs(paths: dict[str, Path]) -> PlotInputs:
-    return PlotInputs({s: read_csv(paths[f"rof_curve_{s}"]) for s in ("train", "test")}, read_json(paths["rof_metrics"]),
+    return PlotInputs({s: read_csv(paths[f"rof_curve_{s}"]) for s in ("train", "test")},
+                      read_json(paths["rof_metrics"]),
                       read_json(paths["train_metrics"])["baseline_accuracy"], read_json(paths["rof_units"])["ranking"])
 
 

@@ -49,8 +49,9 @@ class ProbeConceptsResult:
         n_pixel = masks.shape[1]
         return (f"probe: {len(probe['labels'])} digits at {probe['images'].shape[-1]} px, masks at "
                 f"{masks.shape[-1]} px; " + ", ".join(f"{c['name']} {s:.3f}" for c, s in zip(probe["concepts"], shares))
-                + "\nimage-level concepts: " + ", ".join(f"{c['name']} {int(n)}" for c, n in
-                                                         zip(probe["concepts"][n_pixel:], probe["image_labels"].sum(0))))
+                + "\nimage-level concepts: "
+                + ", ".join(f"{c['name']} {int(n)}"
+                            for c, n in zip(probe["concepts"][n_pixel:], probe["image_labels"].sum(0))))
 
 
 def load_probe_concepts_inputs(config: ProbeParams, data: DataParams, raw_dir: Path, source: str = "params.yaml",

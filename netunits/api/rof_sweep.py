@@ -14,8 +14,18 @@ import torch
 
 from netunits.errors import PipelineError
 from netunits.files import load_checked, write_csv, write_json
-from netunits.methods.rof import (CATEGORIES, DEFINITIONS, METRIC_NAMES, RANKINGS, SUBSETS, area_under_curve,
-                                  build_taxonomy, category_counts, sweep_subset, unit_l1_norms)
+from netunits.methods.rof import (
+    CATEGORIES,
+    DEFINITIONS,
+    METRIC_NAMES,
+    RANKINGS,
+    SUBSETS,
+    area_under_curve,
+    build_taxonomy,
+    category_counts,
+    sweep_subset,
+    unit_l1_norms,
+)
 from netunits.models.checkpoint import load_checkpoint_file
 from netunits.models.registry import get_architecture
 from netunits.params import RofParams
@@ -83,7 +93,8 @@ def curve_rows(curves: dict, ranking: str) -> list[dict]:
     """One row per n_units: the chosen ranking's accuracy and loss, then every ranking's."""
     rows = []
     for n in range(len(curves[ranking]["accuracy"])):
-        row = {"n_units": n, "accuracy": float(curves[ranking]["accuracy"][n]), "loss": float(curves[ranking]["loss"][n])}
+        row = {"n_units": n, "accuracy": float(curves[ranking]["accuracy"][n]),
+               "loss": float(curves[ranking]["loss"][n])}
         for r in RANKINGS:
             row[f"accuracy_{r}"] = float(curves[r]["accuracy"][n])
             row[f"loss_{r}"] = float(curves[r]["loss"][n])

@@ -39,8 +39,9 @@ class StudyResult:
                        for c in CATEGORIES} for m in METRIC_NAMES}}
 
     def summary(self) -> str:
-        return "\n".join(f"by {metric}: " + ", ".join(f"{c} ratio vs gap r={self.correlations[metric][c]['pearson']:+.2f}"
-                                                       for c in CATEGORIES) for metric in METRIC_NAMES)
+        return "\n".join(f"by {metric}: " + ", ".join(f"{c} ratio vs gap "
+                                                      f"r={self.correlations[metric][c]['pearson']:+.2f}"
+                                                      for c in CATEGORIES) for metric in METRIC_NAMES)
 
 
 def load_study_aggregate_inputs(run_dir: Path, grid: GridParams) -> StudyInputs:

@@ -222,7 +222,7 @@ def best_concepts(blocks: Iterable[tuple[int, torch.Tensor]],
 # --------------------------------------------------------------------------------------------
 def agreement(descriptions: Sequence[str], labels: Sequence[str]) -> float:
     """Share of units whose description is their other label (e.g. network dissection's concept)."""
-    return sum(d == l for d, l in zip(descriptions, labels, strict=True)) / len(labels)
+    return sum(d == other for d, other in zip(descriptions, labels, strict=True)) / len(labels)
 
 
 def chance_agreement(descriptions: Sequence[str], labels: Sequence[str]) -> float:
@@ -243,7 +243,8 @@ def agreement_metrics(descriptions: Sequence[str], labels: Sequence[str],
     """How one layer's descriptions meet its other labels (network dissection's concepts):
     agreement_with_dissection, chance_agreement, dissection_detectors (units whose `detector` flag
     is set) and agreement_on_detectors (None when there are none)."""
-    on_detectors = [(d, l) for d, l, is_detector in zip(descriptions, labels, detector, strict=True) if is_detector]
+    on_detectors = [(d, other) for d, other, is_detector in zip(descriptions, labels, detector, strict=True)
+                    if is_detector]
     return {"agreement_with_dissection": agreement(descriptions, labels),
             "chance_agreement": chance_agreement(descriptions, labels),
             "dissection_detectors": len(on_detectors),
@@ -254,7 +255,7 @@ def overall_agreement(descriptions: Mapping[str, Sequence[str]],
                       labels: Mapping[str, Sequence[str]]) -> dict[str, float]:
     """agreement_with_dissection and chance_agreement over several layers: descriptions and labels
     map layer -> that layer's list; the chance level is the layers' own, weighted by their units."""
-    compared = [(d, l) for layer in labels for d, l in zip(descriptions[layer], labels[layer], strict=True)]
+    compared = [(d, other) for layer in labels for d, other in zip(descriptions[layer], labels[layer], strict=True)]
     return {"agreement_with_dissection": agreement(*zip(*compared)),
             "chance_agreement": sum(chance_agreement(descriptions[layer], labels[layer]) * len(descriptions[layer])
                                     for layer in labels) / len(compared)}
