@@ -4,7 +4,7 @@ PYTHON ?= python3
 # Stages are run by DVC as `python -m stages.<name>`: put the venv first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test test-fast bench study cifar clean-venv plots-template summary
+.PHONY: run test test-fast lint bench study cifar clean-venv plots-template summary
 
 # The pinned dependencies, then the library itself, editable (pyproject.toml), so that `import
 # netunits` works from any folder (examples/explore.ipynb); --no-deps: its dependencies are the pins.
@@ -28,6 +28,10 @@ test: $(VENV)/.installed
 # the tests not marked slow (pyproject.toml's marker): about 45 s of CPU time
 test-fast: $(VENV)/.installed
 	python -m pytest -q -m "not slow" tests
+
+# ruff with pyproject.toml's rules (also a test: tests/test_lint.py)
+lint: $(VENV)/.installed
+	ruff check .
 
 # plain and pipeline twice each, alternating (10 to 26 minutes on 2 cores); see docs/performance.md
 bench: $(VENV)/.installed
