@@ -204,7 +204,7 @@ GENERATED = ("Written by `python -m netunits.stage_table` from netunits/stage_ta
              "this file (tests/test_stage_table.py checks that they agree).")
 
 MAIN_STAGES = ("prepare_data", "train", "extract_features", "rof_sweep", "influential_filters", "probe_concepts",
-               "dissect", "dissect_report", "compose", "clip_dissect", "report", "plot")
+               "dissect", "dissect_report", "compose", "clip_dissect", "evaluate", "report", "plot")
 CIFAR_STAGES = ("prepare_data", "train", "extract_features", "rof_sweep", "influential_filters", "plot")
 STUDY_CELL_STAGES = ("prepare_data", "train", "extract_features", "rof_sweep")
 
