@@ -248,6 +248,9 @@ class EvaluateParams(Section):
     null_seeds: list_of(lambda v: _is_int(v) and 0 <= v <= 2**31 - 1, "an integer from 0 to 2147483647", int)
     min_coverage: float_range(0, 1, lo_open=True)
     fdr: float_range(0, 1, lo_open=True, hi_open=True)
+    invert_beam: int_range(1, 100)
+    invert_max_length: int_range(1, 10)
+    invert_max_fraction: float_range(0, 1, lo_open=True)
     batch_size: BatchSize
 
 

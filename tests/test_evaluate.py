@@ -1,12 +1,13 @@
 """netunits.api.evaluate: planted units with known answers recovered by each method's own code and
 the noise unit not significant; the stage on the tiny run; its bad inputs."""
 import json
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_main, tiny_params, write_params
+from conftest import run_main, tiny_params
 from netunits.api.evaluate import Settings, answer_network, random_thresholds
 from netunits.data.probe import pack_masks
 from netunits.methods.formula import to_string
@@ -39,7 +40,8 @@ def planted_probe():
     images[:, 1] = digits[:, 3, None, None].to(torch.uint8) * 200
     images[:, 2] = (digits[:, 0, None, None].to(torch.int64) * 128 + noise).to(torch.uint8)
     concepts = [{"name": name, "category": name, "level": "pixel", "description": name} for name in PIXEL]
-    concepts += [{"name": f"digit_{d}", "category": "class", "level": "image", "description": str(d)} for d in range(10)]
+    concepts += [{"name": f"digit_{d}", "category": "class", "level": "image", "description": str(d)}
+                 for d in range(10)]
     return {"images": images, "labels": labels, "mask_size": MASK, "pixel_masks": pack_masks(masks.numpy()),
             "image_labels": digits, "annotated": torch.ones(N, len(PIXEL) + 1, dtype=torch.bool),
             "concepts": concepts, "categories": list(PIXEL) + ["class"]}
@@ -71,7 +73,8 @@ def planted_settings():
         compose={"layers": ["layer"], "max_length": 2, "beam": 5, "candidates": 13},
         clip_dissect={"layers": ["layer"], "soft_wpmi_top_k": 20},
         evaluate={"heldout_fraction": 0.5, "seed": 0, "nulls": ["random_init"], "null_seeds": [0],
-                  "min_coverage": 0.01, "fdr": 0.05, "batch_size": 100}))
+                  "min_coverage": 0.01, "fdr": 0.05, "batch_size": 100,
+                  "invert_max_fraction": 0.7}))
     return Settings(params.evaluate, params.dissect, params.compose, params.clip_dissect)
 
 
@@ -91,10 +94,51 @@ def test_planted_units_are_recovered_and_the_noise_unit_is_not():
     assert formula["heldout_score"][2] > 0.3
     clip = answers.per_method["clip_dissect"]["layer"]
     assert clip["answer"][1] == "digit_3"
+    invert = answers.per_method["invert"]["layer"]
+    assert invert["answer"][:2] == ["hole", "digit_3"] and invert["auc"][1] == pytest.approx(1.0)
+    assert invert["answer"][2] in ("hole AND NOT digit_0", "NOT digit_0 AND hole") and invert["auc"][2] > 0.95
     # the noise unit: no method's answer for it passes Benjamini-Hochberg among the four units,
     # while the planted ones do
-    for method in ("dissection", "formula", "clip_dissect"):
+    for method in ("dissection", "formula", "clip_dissect", "invert"):
         p = torch.tensor(answers.per_method[method]["layer"]["p_mannwhitney"])
         significant, _ = benjamini_hochberg(p, 0.05)
         assert not significant[3], method
     assert benjamini_hochberg(torch.tensor(dissection["p_mannwhitney"]), 0.05)[0][:3].all()
+
+
+def test_the_stage_writes_one_table_per_method_the_figure_and_the_metrics(project):
+    from stages import evaluate
+    assert run_main(evaluate.main) == 0
+    folder = project / "artifacts/evaluation"
+    names = sorted(path.name for path in folder.iterdir())
+    assert names == ["auc_vs_null.png", "clip_dissect.csv", "dissection.csv", "formula.csv", "influence.csv",
+                     "invert.csv"]
+    metrics = json.loads((project / "artifacts/metrics/evaluation.json").read_text())
+    assert set(metrics["methods"]) == {"dissection", "formula", "clip_dissect", "invert"}
+    layer4 = metrics["methods"]["dissection"]["layer4"]
+    assert set(layer4["share_significant"]) == {"random_init", "permuted_labels"}
+    assert 0 <= layer4["mean_heldout_auc"] <= 1 and metrics["split"]["fit"] + metrics["split"]["heldout"] == 60
+    header = (folder / "formula.csv").read_text().splitlines()[0].split(",")
+    assert header == ["layer", "unit", "answer", "fit_score", "heldout_score", "auc", "p_mannwhitney", "p_random_init",
+                      "p_permuted_labels", "significant", "names_class", "margin_effect", "accuracy_effect",
+                      "most_hurt"]
+    first = (project / "artifacts/metrics/evaluation.json").read_bytes()
+    assert run_main(evaluate.main) == 0
+    assert (project / "artifacts/metrics/evaluation.json").read_bytes() == first    # seeded: the same answers
+
+
+@pytest.mark.parametrize("override,message", [
+    ("evaluate.heldout_fraction=0.05", "'evaluate.heldout_fraction' is 0.05: the held-out part has 10 of 60 probe "
+                                       "images, 1 of the rarest class"),
+    ("evaluate.nulls=[random_init, shuffled]", "'evaluate.nulls' is ['random_init', 'shuffled']"),
+    ("evaluate.heldout_fraction=1.5", "'evaluate.heldout_fraction' is 1.5; it must be a number in (0, 1)"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(project, capsys, override, message):
+    from stages import evaluate
+    shutil.rmtree(project / "artifacts/evaluation")                    # the tiny run's, to see nothing comes back
+    (project / "artifacts/metrics/evaluation.json").unlink()
+    assert run_main(evaluate.main, "--set", override) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[0].startswith("error: params.yaml: " + message), error
+    assert not (project / "artifacts/evaluation").exists()
+    assert not (project / "artifacts/metrics/evaluation.json").exists()

@@ -6,7 +6,9 @@ The probe set is split per class (netunits.methods.stats.balanced_split): each m
 answer on the fit part only, by its own code and score:
   dissection    the concept of best IoU (dissect's thresholds, netunits.methods.dissection);
   formula       compose's beam search (netunits.methods.compose_search) over the fit images' masks;
-  clip_dissect  CLIP-Dissect's similarity (annotations source) over the fit images.
+  clip_dissect  CLIP-Dissect's similarity (annotations source) over the fit images;
+  invert        INVERT's beam search over image-level presence (netunits.methods.invert), maximising
+                the fit images' AUC.
 On the held-out part each answer gets its method's own score (IoU; the similarity) and one score
 common to all: the AUC of the unit's spatial maximum per image against the answer's presence on
 the image (a pixel-level concept or a formula's mask is present where it covers at least
@@ -47,12 +49,13 @@ from netunits.methods.compose_search import Primitives, search_units
 from netunits.methods.dissection import IoUTally, best_concepts, dissect_batch_chunks, unit_masks
 from netunits.methods.formula import to_string
 from netunits.methods.formula_masks import concept_masks, unit_mask_positions
+from netunits.methods.invert import formula_labels, formula_string, invert_classes, invert_search
 from netunits.methods.stats import balanced_split, benjamini_hochberg, empirical_p, mann_whitney, min_pvalue
 from netunits.models.registry import build_model, get_architecture, load_checkpoint
 from netunits.params import PARAMS_FILE
 from netunits.runtime import Runtime, progress
 
-METHODS = ("dissection", "formula", "clip_dissect")
+METHODS = ("dissection", "formula", "clip_dissect", "invert")
 FIGURE_DPI = 110
 
 
@@ -82,6 +85,7 @@ class Answers:
     per_method: dict[str, dict[str, dict[str, list]]] = field(default_factory=dict)
     best_fit_iou: dict[str, torch.Tensor] = field(default_factory=dict)     # per layer: each unit's best fit IoU
     formulas: dict[str, list] = field(default_factory=dict)                  # per compose layer: trees or None
+    invert: dict[str, list] = field(default_factory=dict)                    # per layer: INVERT's steps or None
     pooled: torch.Tensor | None = None                                       # held-out images x units
     seconds: float = 0.0
 
@@ -127,7 +131,8 @@ def load_evaluate_inputs(paths: Mapping[str, Path]) -> EvaluateInputs:
                           read_csv(paths["influence_units"], numeric=False))
 
 
-def check_settings(inputs: EvaluateInputs, settings: Settings, source: str = PARAMS_FILE) -> tuple[torch.Tensor, torch.Tensor]:
+def check_settings(inputs: EvaluateInputs, settings: Settings,
+                   source: str = PARAMS_FILE) -> tuple[torch.Tensor, torch.Tensor]:
     """The split, after every check that can fail before any model runs: the layers were
     dissected, the held-out part can reach significance, top_k fits the fit part."""
     probe, config = inputs.probe, settings.evaluate
@@ -286,6 +291,16 @@ def answer_network(model: torch.nn.Module, input_spec: Any, probe: Mapping[str, 
                 "answer": [names[int(i)] for i in described[:, 0]], "fit_score": best[:, 0].tolist(),
                 "heldout_score": held_similarity.gather(1, described).flatten().tolist(), "auc": unit_auc,
                 "p_mannwhitney": unit_p}
+        found_invert = invert_search(found["peaks"][layer][fit], present[fit], config.invert_beam,
+                                     config.invert_max_length, 0.0, config.invert_max_fraction)
+        holds = torch.stack([formula_labels(steps, present[held]) if steps else torch.zeros(len(held), dtype=torch.bool)
+                             for steps, _ in found_invert], dim=1)
+        i_auc, i_p = mann_whitney(peaks_held, holds, paired=True)
+        answers.invert[layer] = [steps for steps, _ in found_invert]
+        answers.per_method.setdefault("invert", {})[layer] = {
+            "answer": ["" if steps is None else formula_string(steps, names) for steps, _ in found_invert],
+            "fit_score": [value for _, value in found_invert], "heldout_score": i_auc.tolist(), "auc": i_auc.tolist(),
+            "p_mannwhitney": i_p.tolist()}
         if layer in compose.layers:
             size = found["sizes"][layer]
             grid = grids[layer]
@@ -338,7 +353,8 @@ def influence_classes(column: list[str], class_index: Mapping[str, int]) -> list
     return [[class_index[name] for name in cell.split(";") if name] for cell in column]
 
 
-def run_evaluate(inputs: EvaluateInputs, settings: Settings, runtime: Runtime, source: str = PARAMS_FILE) -> EvaluateResult:
+def run_evaluate(inputs: EvaluateInputs, settings: Settings, runtime: Runtime,
+                 source: str = PARAMS_FILE) -> EvaluateResult:
     config = settings.evaluate
     fit, held = check_settings(inputs, settings, source)
     probe, checkpoint = inputs.probe, inputs.checkpoint
@@ -460,12 +476,15 @@ def causal_agreement(inputs: EvaluateInputs, trained: Answers, held: torch.Tenso
                              if pairs else None,
                              "chance": 1 / n_classes}
 
+    concept_names = [c["name"] for c in inputs.probe["concepts"]]
     for method, layers in trained.per_method.items():
         if layer not in layers:
             continue
         columns = layers[layer]
         if method == "formula":
             named = [named_class(formula_classes(f)) for f in trained.formulas[layer]]
+        elif method == "invert":
+            named = [named_class(invert_classes(steps, concept_names)) for steps in trained.invert[layer]]
         else:
             named = [concept_class(answer) for answer in columns["answer"]]
         pairs = [(u, k) for u, k in enumerate(named) if k is not None and k < n_classes]

@@ -59,7 +59,8 @@ def load_probe(path: str | Path) -> dict[str, Any]:
 PER_IMAGE = ("images", "labels", "pixel_masks", "image_labels", "annotated")
 
 
-def probe_subset(probe: dict[str, Any], indices: torch.Tensor, annotations_from: torch.Tensor | None = None) -> dict[str, Any]:
+def probe_subset(probe: dict[str, Any], indices: torch.Tensor,
+                 annotations_from: torch.Tensor | None = None) -> dict[str, Any]:
     """The probe set restricted to some images (indices), every per-image entry indexed alike.
     annotations_from: for each kept image, the image whose masks, labels and annotated
     categories it takes instead of its own (a permutation test's relabelled probe set)."""

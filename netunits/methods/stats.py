@@ -104,7 +104,8 @@ def empirical_p(observed: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
     return (1 + (len(null) - below)).double() / (1 + len(null))
 
 
-def balanced_split(labels: Sequence[int] | torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def balanced_split(labels: Sequence[int] | torch.Tensor, fraction: float,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(fit, held_out) image indices, each ascending: of every class's images a seeded random
     round(fraction x count) are held out (at least one and at most count - 1 where the class has
     two or more), the rest fit. The same labels, fraction and seed give the same split."""
