@@ -129,7 +129,7 @@ def test_the_stage_writes_one_table_per_method_the_figure_and_the_metrics(projec
 
 @pytest.mark.parametrize("override,message", [
     ("evaluate.heldout_fraction=0.05", "'evaluate.heldout_fraction' is 0.05: the held-out part has 10 of 60 probe "
-                                       "images, 1 of the rarest class"),
+                                       "images, 1 per class"),
     ("evaluate.nulls=[random_init, shuffled]", "'evaluate.nulls' is ['random_init', 'shuffled']"),
     ("evaluate.heldout_fraction=1.5", "'evaluate.heldout_fraction' is 1.5; it must be a number in (0, 1)"),
 ])

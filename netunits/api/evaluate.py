@@ -145,15 +145,15 @@ def check_settings(inputs: EvaluateInputs, settings: Settings,
             raise PipelineError(f"{source}: 'compose.layers' has {layer!r}, which dissect.layers lacks")
     fit, held = balanced_split(probe["labels"], config.heldout_fraction, config.seed)
     labels = probe["labels"][held]
-    rarest = int(torch.unique(labels, return_counts=True)[1].min()) if len(labels) else 0
-    smallest = min_pvalue(rarest, len(held) - rarest)
-    # an answer as rare as the rarest class that separates the held-out images perfectly gets this
-    # p-value; where it misses the level, the held-out part can show nothing significant
+    typical = len(held) // max(1, len(torch.unique(labels)))
+    smallest = min_pvalue(typical, len(held) - typical)
+    # an answer present on as many held-out images as an average class, separating them perfectly,
+    # gets this p-value; where it misses the level, the held-out part can show nothing significant
     if smallest > config.fdr:
         raise PipelineError(f"{source}: 'evaluate.heldout_fraction' is {config.heldout_fraction}: the held-out part "
-                            f"has {len(held)} of {len(probe['images'])} probe images, {rarest} of the rarest class, "
-                            f"whose smallest Mann-Whitney p-value ({smallest:.2g}) is above evaluate.fdr "
-                            f"({config.fdr}); it must hold out more images (raise it or probe.size)")
+                            f"has {len(held)} of {len(probe['images'])} probe images, {typical} per class, whose "
+                            f"smallest Mann-Whitney p-value ({smallest:.2g}) is above evaluate.fdr ({config.fdr}); "
+                            f"it must hold out more images (raise it or probe.size)")
     if len(fit) < 2:
         raise PipelineError(f"{source}: 'evaluate.heldout_fraction' is {config.heldout_fraction}: it leaves "
                             f"{len(fit)} probe images to fit on; it must leave at least 2")
@@ -350,7 +350,7 @@ def random_thresholds(model: torch.nn.Module, input_spec: Any, probe: Mapping[st
 # --------------------------------------------------------------------------------------------
 def influence_classes(column: list[str], class_index: Mapping[str, int]) -> list[list[int]]:
     """Each unit's influential-for classes (units.csv's `a;b` names) as class indices."""
-    return [[class_index[name] for name in cell.split(";") if name] for cell in column]
+    return [[class_index[name] for name in cell.split(";") if name in class_index] for cell in column]
 
 
 def run_evaluate(inputs: EvaluateInputs, settings: Settings, runtime: Runtime,
