@@ -55,7 +55,8 @@ def test_a_rof_param_reruns_only_rof_sweep_and_the_stages_that_read_it(repo):
     write_params(repo, tiny_params(rof={"ranking": "ascending"}))
     try:
         ran = stages_run(dvc(repo, "repro").stdout)
-        assert ran[0] == "rof_sweep" and sorted(ran[1:]) == ["dissect_report", "influential_filters", "plot", "report"]
+        assert ran[0] == "rof_sweep"
+        assert sorted(ran[1:]) == ["dissect_report", "evaluate", "influential_filters", "plot", "report"]
         write_params(repo, tiny_params(rof={"ranking": "ascending"}, train={"lr": 0.002}))
         # A dry run names the stages whose own deps changed (what follows depends on train's new
         # outputs): train, and report, which reads every section for the params hash on its index;
@@ -70,9 +71,11 @@ def test_a_rof_param_reruns_only_rof_sweep_and_the_stages_that_read_it(repo):
 def test_the_iou_threshold_reruns_only_the_dissection_report(repo):
     write_params(repo, tiny_params(dissect={"iou_threshold": 0.2}))
     try:
-        # the report and clip_dissect read the dissection tables, so they follow when those change
+        # the report and clip_dissect read the dissection tables, so they follow when those change;
+        # evaluate counts the units at the threshold, beside dissect_report
         ran = stages_run(dvc(repo, "repro").stdout)
-        assert ran[0] == "dissect_report" and set(ran[1:]) <= {"clip_dissect", "report"}, ran
+        assert "dissect_report" in ran and "evaluate" in ran, ran
+        assert set(ran) <= {"dissect_report", "evaluate", "clip_dissect", "report"}, ran
     finally:
         write_params(repo, tiny_params())
         dvc(repo, "repro")
