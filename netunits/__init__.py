@@ -19,7 +19,9 @@ Modules, in the order their imports point (each imports only modules above it):
     training            the training loop
     methods/            the analysis methods, pure functions on tensors: rof, influence,
                         dissection, compositional explanations (formula, formula_masks,
-                        bitmasks, compose_search)
+                        bitmasks, compose_search), clip_dissect, and for the evaluation stats
+                        (rank AUC, Mann-Whitney, Benjamini-Hochberg, the split), causal
+                        (ablation through the final layer) and invert
     study               statistics over many runs (correlations, summary tables)
     plots               the figures
     api/                one call per stage: load_<stage>_inputs, run_<stage>, write_<stage>

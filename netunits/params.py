@@ -237,6 +237,23 @@ class ClipDissectParams(Section):
     batch_size: BatchSize
 
 
+NULL_KINDS = ("random_init", "permuted_labels")
+
+
+class EvaluateParams(Section):
+    """Held-out fidelity, null networks and causal agreement (stage evaluate)."""
+    heldout_fraction: float_range(0, 1, lo_open=True, hi_open=True)
+    seed: Seed
+    nulls: list_of(lambda v: v in NULL_KINDS, "one of " + ", ".join(NULL_KINDS))
+    null_seeds: list_of(lambda v: _is_int(v) and 0 <= v <= 2**31 - 1, "an integer from 0 to 2147483647", int)
+    min_coverage: float_range(0, 1, lo_open=True)
+    fdr: float_range(0, 1, lo_open=True, hi_open=True)
+    invert_beam: int_range(1, 100)
+    invert_max_length: int_range(1, 10)
+    invert_max_fraction: float_range(0, 1, lo_open=True)
+    batch_size: BatchSize
+
+
 class ReportParams(Section):
     thumbnail: int_range(16, 224)
 
@@ -269,6 +286,7 @@ class Params(BaseModel):
     dissect: Optional[DissectParams] = None
     compose: Optional[ComposeParams] = None
     clip_dissect: Optional[ClipDissectParams] = None
+    evaluate: Optional[EvaluateParams] = None
     report: Optional[ReportParams] = None
     plot: Optional[PlotParams] = None
     grid: Optional[GridParams] = None

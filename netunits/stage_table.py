@@ -79,6 +79,9 @@ FILES: dict[str, Out] = {
     "clip_descriptions": kept("artifacts/clip_dissect/descriptions.csv"),
     "clip_figure": kept("artifacts/plots/clip_dissect_top.png"),
     "clip_metrics": metric("artifacts/metrics/clip_dissect.json"),
+    # evaluate
+    "evaluation": kept("artifacts/evaluation"),
+    "evaluation_metrics": metric("artifacts/metrics/evaluation.json"),
     # report
     "site": Out("artifacts/report"),
     "units_table": kept("artifacts/units.csv"),
@@ -154,6 +157,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("clip_layers", "clip_descriptions", "clip_figure", "clip_metrics"),
           comment="CLIP-Dissect: open-vocabulary descriptions by soft-WPMI; the concept and weights files that\n"
                   "clip_dissect.concepts and .weights name are params, not deps (their sha256 is in the metrics)"),
+    Stage("evaluate", ("evaluate", "dissect.layers", "dissect.quantile", "dissect.iou_threshold", "compose",
+                       "clip_dissect", "compute"),
+          ("model", "probe", "tallies", "rof_roles", "influence_units"), ("evaluation", "evaluation_metrics"),
+          comment="which answers can be trusted: held-out scores, null networks, causal agreement"),
     # every section the pages' numbers depend on: the index shows their sha256
     Stage("report", ("data", "train", "compute", "extract_features", "rof", "influence", "probe", "dissect",
                      "compose", "clip_dissect", "report"),
@@ -173,7 +180,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
     "params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep",
                     "influential_filters", "probe_concepts", "dissect", "dissect_report", "compose", "clip_dissect",
-                    "report", "plot"),
+                    "evaluate", "report", "plot"),
     "cifar/params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep",
                           "influential_filters", "plot"),
     # the study's cells need no train_log: the aggregate reads only their rof.json

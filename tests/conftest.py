@@ -123,12 +123,12 @@ def tiny_run(tmp_path_factory):
     """A folder holding every stage's outputs from one tiny real run (do not modify it)."""
     from stages import (check_params, dissect, dissect_report, extract_features, influential_filters, plot,
                         prepare_data, probe_concepts, report, rof_sweep, train, train_log)
-    from stages import clip_dissect, compose
+    from stages import clip_dissect, compose, evaluate
     folder = tmp_path_factory.mktemp("tiny_run")
     write_params(folder, TINY_PARAMS)
     with working_dir(folder):
         for stage in (check_params, prepare_data, train, train_log, extract_features, rof_sweep, influential_filters,
-                      plot, probe_concepts, dissect, dissect_report, compose, clip_dissect, report):
+                      plot, probe_concepts, dissect, dissect_report, compose, clip_dissect, evaluate, report):
             assert run_main(stage.main) == 0, stage.__name__
     return folder
 

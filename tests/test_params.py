@@ -51,6 +51,13 @@ def test_default_tiny_and_study_params_are_valid():
     ("dissect", "quantile", 0, "'dissect.quantile' is 0; it must be a number in (0, 1)"),
     ("probe", "source", "coco", "'probe.source' is 'coco'; it must be one of mnist, broden"),
     ("influence", "k_image", 0, "'influence.k_image' is 0; it must be same or an integer >= 1"),
+    ("evaluate", "heldout_fraction", 1.0, "'evaluate.heldout_fraction' is 1.0; it must be a number in (0, 1)"),
+    ("evaluate", "heldout_fraction", 0, "'evaluate.heldout_fraction' is 0; it must be a number in (0, 1)"),
+    ("evaluate", "nulls", ["random_init", "shuffled"], "'evaluate.nulls' is ['random_init', 'shuffled']; it must be a "
+     "non-empty list of distinct values, each one of random_init, permuted_labels"),
+    ("evaluate", "null_seeds", [], "'evaluate.null_seeds' is []; it must be a non-empty list"),
+    ("evaluate", "fdr", 1, "'evaluate.fdr' is 1; it must be a number in (0, 1)"),
+    ("evaluate", "min_coverage", 0, "'evaluate.min_coverage' is 0; it must be a number in (0, 1]"),
 ])
 def test_bad_values_are_named_with_what_is_allowed(section, key, value, message):
     with pytest.raises(PipelineError) as info:

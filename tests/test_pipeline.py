@@ -15,7 +15,7 @@ import yaml
 from conftest import ENV, ROOT, dvc, lock_hashes, scratch_repo, sh, stages_run, tiny_params, write_params
 
 STAGES = ["check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep", "influential_filters",
-          "plot", "probe_concepts", "dissect", "dissect_report", "compose", "clip_dissect", "report"]
+          "plot", "probe_concepts", "dissect", "dissect_report", "compose", "clip_dissect", "evaluate", "report"]
 UP_TO_DATE = "Data and pipelines are up to date."
 
 
@@ -92,7 +92,7 @@ def test_a_rof_param_reruns_only_rof_sweep_and_the_stages_that_read_it(repo):
         ran = stages_run(dvc(repo, "repro").stdout)
         # check_params reads the whole file, and writes what it wrote before
         assert ran[:2] == ["check_params", "rof_sweep"]
-        assert sorted(ran[2:]) == ["dissect_report", "influential_filters", "plot", "report"]
+        assert sorted(ran[2:]) == ["dissect_report", "evaluate", "influential_filters", "plot", "report"]
         write_params(repo, tiny_params(rof={"ranking": "ascending"}, train={"lr": 0.002}))
         # A dry run names the stages whose own deps changed (what follows depends on train's new
         # outputs): the check, train, and report, which reads every section for the params hash
@@ -107,9 +107,11 @@ def test_a_rof_param_reruns_only_rof_sweep_and_the_stages_that_read_it(repo):
 def test_the_iou_threshold_reruns_only_the_dissection_report(repo):
     write_params(repo, tiny_params(dissect={"iou_threshold": 0.2}))
     try:
-        # the report and clip_dissect read the dissection tables, so they follow when those change
+        # the report and clip_dissect read the dissection tables, so they follow when those change;
+        # evaluate counts the units at the threshold, beside dissect_report
         ran = stages_run(dvc(repo, "repro").stdout)
-        assert ran[:2] == ["check_params", "dissect_report"] and set(ran[2:]) <= {"clip_dissect", "report"}, ran
+        assert ran[0] == "check_params", ran
+        assert {"dissect_report", "evaluate"} <= set(ran[1:]) <= {"dissect_report", "evaluate", "clip_dissect", "report"}, ran
     finally:
         write_params(repo, tiny_params())
         dvc(repo, "repro")

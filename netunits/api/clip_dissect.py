@@ -105,14 +105,18 @@ def similarity_constants(config: Any) -> tuple[dict, str | None]:
     return constants, f"clip_dissect.{method}_top_k"
 
 
+def probe_coverage(probe: Mapping[str, Any]) -> torch.Tensor:
+    """Probe images x pixel concepts: the share of each image each pixel-level concept covers, the
+    masks unpacked MASK_BATCH images at a time."""
+    return torch.cat([pixel_coverage(unpack_masks(probe["pixel_masks"][start:start + MASK_BATCH], probe["mask_size"]))
+                      for start in range(0, len(probe["images"]), MASK_BATCH)])
+
+
 def probe_annotation_matrix(probe: Mapping[str, Any], names: list[str], quantile: float) -> torch.Tensor:
     """The annotations source's score matrix, probe images x names (methods.clip_dissect.annotation_matrix),
     the masks unpacked MASK_BATCH images at a time."""
     concepts = probe["concepts"]
-    coverage = torch.cat([pixel_coverage(unpack_masks(probe["pixel_masks"][start:start + MASK_BATCH],
-                                                      probe["mask_size"]))
-                          for start in range(0, len(probe["images"]), MASK_BATCH)])
-    return annotation_matrix(coverage, probe["image_labels"], probe["annotated"],
+    return annotation_matrix(probe_coverage(probe), probe["image_labels"], probe["annotated"],
                              [probe["categories"].index(c["category"]) for c in concepts],
                              [c["name"] for c in concepts], names, quantile)
 

@@ -147,11 +147,16 @@ def unit_positions(model: torch.nn.Module, probe: Mapping, layer: str, threshold
     for start, outputs, _ in iterate_activations(model, probe["images"], [layer], desc=f"{layer} masks", **run):
         image, unit, position = unit_mask_positions(outputs[layer], thresholds, size)
         found.append((unit.numpy(), (image.numpy() + start) * words * 64 + position.numpy()))
-    units = np.concatenate([u for u, _ in found])
-    positions = np.concatenate([p for _, p in found])
+    return positions_by_unit([u for u, _ in found], [p for _, p in found], len(thresholds))
+
+
+def positions_by_unit(units: list[np.ndarray], positions: list[np.ndarray], n_units: int) -> list[np.ndarray]:
+    """Batches of (unit, flat position) pairs regrouped as one sorted array of positions per unit."""
+    units = np.concatenate(units) if units else np.zeros(0, dtype=np.int64)
+    positions = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
     order = np.argsort(units, kind="stable")
-    bounds = np.searchsorted(units[order], np.arange(len(thresholds) + 1))
-    return [np.sort(positions[order][bounds[u]:bounds[u + 1]]) for u in range(len(thresholds))]
+    bounds = np.searchsorted(units[order], np.arange(n_units + 1))
+    return [np.sort(positions[order][bounds[u]:bounds[u + 1]]) for u in range(n_units)]
 
 
 def check_layers(config: ComposeParams, tallies: Mapping, source: str = PARAMS_FILE) -> None:

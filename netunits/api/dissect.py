@@ -89,8 +89,10 @@ def load_dissect_inputs(paths: Mapping[str, Path]) -> DissectInputs:
     return DissectInputs(model, probe, checkpoint["input"], checkpoint["sha256"])
 
 
-def _thresholds(run: dict, images: torch.Tensor, layers: list[str], quantile: float, source: str):
-    """Pass 1: every unit's largest activations, enough for the exact quantile."""
+def unit_thresholds(run: dict, images: torch.Tensor, layers: list[str], quantile: float, source: str):
+    """Pass 1: every unit's largest activations, enough for the exact quantile; returns ({layer:
+    TopValues}, {layer: thresholds}). run: iterate_activations' model, batch_size, device,
+    precision, input_spec, key and source."""
     top, n_values = {}, {}
     for _, outputs, _ in iterate_activations(images_u8=images, layers=layers, desc="thresholds", **run):
         for name, maps in outputs.items():
@@ -111,7 +113,7 @@ def run_dissect(inputs: DissectInputs, config: Any, runtime: Any, source: str = 
     model = inputs.model.to(runtime.device, memory_format=torch.channels_last)
     run = dict(model=model, batch_size=config.batch_size, device=runtime.device, precision=runtime.precision,
                input_spec=inputs.input_spec, key="dissect.layers", source=source)
-    top, thresholds = _thresholds(run, probe["images"], layers, config.quantile, source)
+    top, thresholds = unit_thresholds(run, probe["images"], layers, config.quantile, source)
 
     # pass 2: IoU counts, histograms and top-activating images
     concepts, categories = probe["concepts"], probe["categories"]

@@ -54,3 +54,19 @@ def load_probe(path: str | Path) -> dict[str, Any]:
         raise PipelineError(f"{path}: masks, labels and concepts do not pair up; rebuild it with "
                             f"`dvc repro -f probe_concepts`")
     return probe
+
+
+PER_IMAGE = ("images", "labels", "pixel_masks", "image_labels", "annotated")
+
+
+def probe_subset(probe: dict[str, Any], indices: torch.Tensor,
+                 annotations_from: torch.Tensor | None = None) -> dict[str, Any]:
+    """The probe set restricted to some images (indices), every per-image entry indexed alike.
+    annotations_from: for each kept image, the image whose masks, labels and annotated
+    categories it takes instead of its own (a permutation test's relabelled probe set)."""
+    subset = dict(probe)
+    source = indices if annotations_from is None else annotations_from
+    for key in PER_IMAGE:
+        if key in probe:
+            subset[key] = probe[key][indices if key in ("images", "labels") else source]
+    return subset
