@@ -388,7 +388,9 @@ def run_evaluate(inputs: EvaluateInputs, settings: Settings, runtime: Runtime,
 
     # significance against each null kind, per method and layer
     tables: dict[str, list[dict]] = {method: [] for method in trained.per_method}
+    # the checkpoint's sha256 lets the report tell these answers from another checkpoint's
     metrics: dict[str, Any] = {
+        "checkpoint_sha256": checkpoint["sha256"],
         "split": {"fit": len(fit), "heldout": len(held), "heldout_fraction": config.heldout_fraction,
                   "seed": config.seed},
         "min_coverage": config.min_coverage, "fdr": config.fdr, "nulls": list(config.nulls),
