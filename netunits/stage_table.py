@@ -163,9 +163,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           comment="which answers can be trusted: held-out scores, null networks, causal agreement"),
     # every section the pages' numbers depend on: the index shows their sha256
     Stage("report", ("data", "train", "compute", "extract_features", "rof", "influence", "probe", "dissect",
-                     "compose", "clip_dissect", "report"),
+                     "compose", "clip_dissect", "evaluate", "report"),
           ("model", "rof_roles", "rof_curve_train", "rof_curve_test", "dissect_layers", "tallies", "probe",
-           "influence_units", "formulas", "formula_masks", "clip_layers"),
+           "influence_units", "formulas", "formula_masks", "clip_layers", "evaluation", "evaluation_metrics"),
           ("site", "units_table", "report_metrics"),
           comment="the unit explorer: every method's answer per unit, as a static site"),
     Stage("plot", ("plot", "train.arch"), ("rof_curve_train", "rof_curve_test", "rof_units", "rof_metrics",

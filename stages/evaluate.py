@@ -7,7 +7,8 @@ against what zeroing the unit does to each class.
 Reads params evaluate, dissect.layers, dissect.quantile, dissect.iou_threshold, compose,
 clip_dissect and compute, the checkpoint, the probe set, dissect's tallies (the thresholds), ROF's
 roles and the influential filters' table; writes artifacts/evaluation/<method>.csv, the figure
-artifacts/evaluation/auc_vs_null.png and artifacts/metrics/evaluation.json. The work is
+artifacts/evaluation/auc_vs_null.png and artifacts/metrics/evaluation.json (with the checkpoint's
+sha256, so the report can tell these answers from another checkpoint's). The work is
 netunits.api.evaluate.run_evaluate.
 """
 from netunits.api.evaluate import Settings, load_evaluate_inputs, run_evaluate, write_evaluate

@@ -10,11 +10,14 @@ checkpoint's sha256, a sha256 of the params in effect and the CPU.
 
 Reads params `report` (thumbnail), ROF's unit roles and curves (needed) and, where present,
 dissection's tables and tallies with the probe set, the influence table, the formulas with their
-masks and CLIP-Dissect's table. A method's output that is missing, made from another checkpoint or
-without the layer is named on the index and its columns are left out; an unreadable checkpoint
-leaves out every column computed from it. Writes artifacts/report/, artifacts/units.csv and
-artifacts/metrics/report.json (per ROF role: detector share, mean best IoU, share influential for
-some class, mean formula IoU; the rank correlation of L1 rank and best IoU). Runs no model.
+masks, CLIP-Dissect's table and the evaluate stage's tables and metrics (beside each method's
+answer its held-out AUC and significance against the null networks; on the index a scoreboard per
+method and layer; on each unit's page its scores, p values and causal effect). A method's output
+that is missing, made from another checkpoint or without the layer is named on the index and its
+columns are left out; an unreadable checkpoint leaves out every column computed from it. Writes
+artifacts/report/, artifacts/units.csv and artifacts/metrics/report.json (per ROF role: detector
+share, mean best IoU, share influential for some class, mean formula IoU, share significant per
+evaluated method; the rank correlation of L1 rank and best IoU). Runs no model.
 """
 from netunits.api.report import load_report_inputs, run_report, write_report
 from netunits.runtime import run_stage, stage_args, stage_config

@@ -92,6 +92,68 @@ def test_run_report_from_tables_in_memory():
     assert result.summary() == f"report: 3 units of layer4, {result.summary().split(', ')[1]}"
 
 
+def evaluated_three_units():
+    """three_units with evaluate's tables of layer4 for two methods and its metrics."""
+    def table(answers, aucs, significant):
+        return {"layer": ["layer4"] * 3, "unit": ["0", "1", "2"], "answer": answers,
+                "fit_score": ["0.5", "0.25", "0.1"], "heldout_score": ["0.4", "0.2", "0.05"], "auc": aucs,
+                "p_mannwhitney": ["1e-09", "0.01", "0.5"],
+                "p_random_init": ["0.002", "0.04", "0.7"], "p_permuted_labels": ["0.001", "0.03", "0.9"],
+                "significant": significant, "names_class": ["3", "", ""], "margin_effect": ["0.125", "", ""],
+                "accuracy_effect": ["0.01", "", ""], "most_hurt": ["3", "", ""]}
+    evaluation = {"clip_dissect": table(["hole", "<b>x</b>", "digit_3"], ["0.91", "0.66", "0.52"], ["1", "0", "0"]),
+                  "invert": table(["hole AND digit_3", "left_half", ""], ["0.875", "0.7", "0.5"], ["1", "1", "0"])}
+    entry = {"units": 3, "mean_heldout_auc": 0.6825, "null_mean_auc": {"random_init": 0.61, "permuted_labels": 0.5},
+             "share_significant": {"random_init": 1 / 3, "permuted_labels": 2 / 3},
+             "share_significant_every_null": 0.25}
+    scoreboard = {"checkpoint_sha256": "ab" * 32, "fdr": 0.05, "nulls": ["random_init", "permuted_labels"],
+                  "methods": {"clip_dissect": {"layer3": {**entry, "causal_agreement": None},
+                                               "layer4": {**entry, "causal_agreement": 0.375, "class_answers": 8}},
+                              "invert": {"layer4": entry}}}
+    return three_units(evaluation=evaluation, scoreboard=scoreboard)
+
+
+def test_evaluation_columns_marks_scoreboard_and_unit_tables_from_tables_in_memory():
+    inputs = evaluated_three_units()
+    result = run_report(inputs, SimpleNamespace(thumbnail=112))
+    assert [row["clip_dissect_significant"] for row in result.rows] == [1, 0, 0]
+    assert [row["clip_dissect_heldout_auc"] for row in result.rows] == [0.91, 0.66, 0.52]
+    assert [row["invert"] for row in result.rows] == ["hole AND digit_3", "left_half", ""]
+    assert [row["invert_significant"] for row in result.rows] == [1, 1, 0]
+    # the CLIP columns right after CLIP-Dissect's answer, INVERT's last
+    assert list(result.rows[0])[-6:] == ["clip", "clip_dissect_significant", "clip_dissect_heldout_auc", "invert",
+                                         "invert_significant", "invert_heldout_auc"]
+    assert result.metrics["by_role"]["both"]["invert_significant_share"] == 0.5
+    assert result.metrics["by_role"]["neither"]["clip_dissect_significant_share"] == 0.0
+    index = result.files["index.html"]
+    # the mark, with the held-out AUC and p values in its title; sortable columns with their values
+    assert ('<td data-value="1" class="mark" title="significant against every null network; evaluate&#39;s answer '
+            'hole, held-out AUC 0.91; p: mannwhitney 1e-09, random init 0.002, permuted labels 0.001">\u2713</td>'
+            in index)
+    assert 'title="not significant; evaluate&#39;s answer &lt;b&gt;x&lt;/b&gt;, held-out AUC 0.66;' in index
+    assert re.search(r'<th data-key="clip_dissect_heldout_auc" data-numeric="1"[^>]*>CLIP held-out AUC<', index)
+    assert re.search(r'<th data-key="invert_significant" data-numeric="1"[^>]*>INVERT \u2713<', index)
+    # the scoreboard: every method and layer of the metrics, its numbers as they are there
+    board = index[index.index('id="scoreboard-table"'):index.index("</table>", index.index('id="scoreboard-table"'))]
+    assert re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td>", board) == [
+        ("CLIP-Dissect", "layer3"), ("CLIP-Dissect", "layer4"), ("INVERT", "layer4")]
+    values = [float(v) for v in re.findall(r'data-value="([^"]*)"', board)]
+    entry = inputs.scoreboard["methods"]["invert"]["layer4"]
+    assert values[-6:] == [entry["mean_heldout_auc"], *entry["null_mean_auc"].values(),
+                           *entry["share_significant"].values(), entry["share_significant_every_null"]]
+    assert ">37.5% of 8<" in board and "significant against the null networks" in index
+    # the unit's page: a row per method, with the causal effect where evaluate measured one
+    page = result.files["units/0.html"]
+    assert "<th>margin drop when zeroed</th>" in page and "<th>p permuted labels</th>" in page
+    assert ('<tr><td>INVERT</td><td>hole AND digit_3</td><td class="num">0.5</td><td class="num">0.4</td>'
+            '<td class="num">0.875</td><td class="num">1e-09</td><td class="num">0.002</td><td class="num">0.001</td>'
+            '<td class="num">yes</td><td class="num">3</td><td class="num">0.125</td>') in page
+    assert "<td>INVERT</td><td>none</td>" in result.files["units/2.html"]
+    # no evaluation: neither columns nor scoreboard
+    plain = run_report(three_units(), SimpleNamespace(thumbnail=112))
+    assert "scoreboard" not in plain.files["index.html"] and "evaluate" not in plain.files["units/0.html"]
+
+
 def test_curve_and_histogram_geometry():
     chart = mark(curve_chart([0.0, 0.5, 1.0], "train"), rank=0, unit=7)
     assert chart["points"] == f"{chart['left']:.1f},{chart['bottom']:.1f} " \
@@ -150,6 +212,28 @@ def test_index_unit_pages_metrics_and_size(reported, capsys):
     for role, entry in metrics["by_role"].items():
         members = [float(f) for f, r in zip(units["formula_iou"], units["role"]) if r == role]
         assert entry.get("mean_formula_iou") == (pytest.approx(sum(members) / len(members)) if members else None)
+    # evaluate's held-out AUC and significance of layer4, per method, and its scoreboard
+    evaluation = json.loads((reported / "artifacts/metrics/evaluation.json").read_text())
+    assert evaluation["checkpoint_sha256"] == file_sha256(reported / "artifacts/train/model.pt")
+    for method in ("dissection", "formula", "clip_dissect", "invert"):
+        table = read_csv(reported / f"artifacts/evaluation/{method}.csv", numeric=False)
+        rows = [i for i, layer in enumerate(table["layer"]) if layer == "layer4"]
+        assert [float(v) for v in units[f"{method}_heldout_auc"]] == [float(table["auc"][i]) for i in rows]
+        assert units[f"{method}_significant"] == [table["significant"][i] for i in rows]
+        assert f'data-key="{method}_significant"' in index
+    board = index[index.index('id="scoreboard-table"'):]
+    board = board[:board.index("</table>")]
+    shown = re.findall(r'<tr><td>[^<]*</td><td>([^<]*)</td><td class="num">\d+</td>'
+                       r'<td class="num" data-value="([^"]*)">', board)
+    expected = [(layer, entry["mean_heldout_auc"]) for layers in evaluation["methods"].values()
+                for layer, entry in layers.items()]
+    assert [(layer, float(v)) for layer, v in shown] == expected
+    for layers in evaluation["methods"].values():
+        for entry in layers.values():
+            assert f'data-value="{entry["share_significant_every_null"]}"' in board
+            if entry.get("causal_agreement") is not None:
+                assert f'data-value="{entry["causal_agreement"]}"' in board
+    assert "<th>held-out AUC</th>" in (reported / "artifacts/report/units/0.html").read_text()
 
 
 def test_a_missing_method_or_another_checkpoint_leaves_its_columns_out(reported):
@@ -167,9 +251,38 @@ def test_a_missing_method_or_another_checkpoint_leaves_its_columns_out(reported)
     assert "CLIP-Dissect left out: artifacts/clip_dissect/layers/layer4.csv: file not found" in index
     assert "compositional explanations left out: formulas.csv has no row for each of the 512 units" in index
     assert ">IoU<" not in index and ">influential for classes<" not in index and ">role (accuracy)<" in index
-    assert ">formula<" not in index and ">CLIP-Dissect<" not in index
+    headings = re.findall(r"<th [^>]*>([^<]*)<", index)
+    assert "formula" not in headings and "CLIP-Dissect" not in headings and "concept" not in headings
     assert not list((reported / "artifacts/report/units").glob("*.png"))
     assert [p.name for p in (reported / "artifacts/report/methods").iterdir()] == ["rof.html"]
+
+
+def test_a_missing_evaluation_or_another_checkpoints_leaves_its_columns_out(reported):
+    metrics = reported / "artifacts/metrics/evaluation.json"
+    evaluation = json.loads(metrics.read_text())
+    metrics.unlink()
+    assert run_main(report.main, "--set", "report.thumbnail=32") == 0
+    index = (reported / "artifacts/report/index.html").read_text()
+    assert ("evaluation (held-out AUC, significance, scoreboard) left out: artifacts/metrics/evaluation.json: "
+            "file not found") in index
+    assert "scoreboard-table" not in index and "_significant" not in index and ">concept<" in index
+    units = read_csv(reported / "artifacts/units.csv", numeric=False)
+    assert not [key for key in units if key.endswith(("_significant", "_heldout_auc")) or key == "invert"]
+    # made from another checkpoint
+    metrics.write_text(json.dumps({**evaluation, "checkpoint_sha256": "0" * 64}))
+    assert run_main(report.main, "--set", "report.thumbnail=32") == 0
+    index = (reported / "artifacts/report/index.html").read_text()
+    assert ("evaluation (held-out AUC, significance, scoreboard) left out: artifacts/metrics/evaluation.json: "
+            "made from another checkpoint than artifacts/train/model.pt") in index
+    assert "scoreboard-table" not in index and "_heldout_auc" not in index
+    # the right checkpoint, one method's table gone: that method alone is left out
+    metrics.write_text(json.dumps(evaluation))
+    (reported / "artifacts/evaluation/invert.csv").unlink()
+    assert run_main(report.main, "--set", "report.thumbnail=32") == 0
+    index = (reported / "artifacts/report/index.html").read_text()
+    assert "evaluation of INVERT left out: artifacts/evaluation/invert.csv: file not found" in index
+    assert "scoreboard-table" in index and 'data-key="invert_significant"' not in index
+    assert 'data-key="dissection_significant"' in index
 
 
 def test_a_corrupt_checkpoint_is_named_and_every_column_from_it_left_out(reported, capsys):

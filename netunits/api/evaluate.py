@@ -42,9 +42,9 @@ from netunits.data.probe import load_probe, probe_subset, unpack_masks
 from netunits.errors import PipelineError
 from netunits.files import file_sha256, load_checked, read_csv, remove_stale_temps, write_csv, write_json
 from netunits.methods.bitmasks import gather, popcount_per_image
-from netunits.methods.causal import (ablation_drops, class_effect, concept_class, formula_classes, most_hurt,
-                                     named_class)
-from netunits.methods.clip_dissect import annotation_matrix, best_concepts as clip_best, similarity_blocks, unit_summary
+from netunits.methods.causal import ablation_drops, class_effect, concept_class, formula_classes, most_hurt, named_class
+from netunits.methods.clip_dissect import annotation_matrix, similarity_blocks, unit_summary
+from netunits.methods.clip_dissect import best_concepts as clip_best
 from netunits.methods.compose_search import Primitives, search_units
 from netunits.methods.dissection import IoUTally, best_concepts, dissect_batch_chunks, unit_masks
 from netunits.methods.formula import to_string
@@ -278,7 +278,7 @@ def answer_network(model: torch.nn.Module, input_spec: Any, probe: Mapping[str, 
             constants, _ = similarity_constants(clip)
             category = [probe["categories"].index(c["category"]) for c in probe["concepts"]]
 
-            def matrix(indices):
+            def matrix(indices, category=category):
                 return annotation_matrix(coverage[indices], probe["image_labels"][indices],
                                          probe["annotated"][indices], category, names, names,
                                          clip.annotation_quantile)
@@ -311,7 +311,7 @@ def answer_network(model: torch.nn.Module, input_spec: Any, probe: Mapping[str, 
             results = search_units(fit_primitives, found["positions"]["fit"][layer], connectors=compose.connectors,
                                    beam=compose.beam, max_length=compose.max_length, candidates=compose.candidates,
                                    score=compose.score, r=compose.imrou_r, penalty=compose.length_penalty,
-                                   progress=lambda items, d: progress(items, f"{desc} {layer} {d}"))
+                                   progress=lambda items, d, layer=layer: progress(items, f"{desc} {layer} {d}"))
             formula_present = torch.zeros(len(held), len(results), dtype=torch.bool)
             held_iou = []
             for unit, result in enumerate(results):
@@ -388,7 +388,9 @@ def run_evaluate(inputs: EvaluateInputs, settings: Settings, runtime: Runtime,
 
     # significance against each null kind, per method and layer
     tables: dict[str, list[dict]] = {method: [] for method in trained.per_method}
+    # the checkpoint's sha256 lets the report tell these answers from another checkpoint's
     metrics: dict[str, Any] = {
+        "checkpoint_sha256": checkpoint["sha256"],
         "split": {"fit": len(fit), "heldout": len(held), "heldout_fraction": config.heldout_fraction,
                   "seed": config.seed},
         "min_coverage": config.min_coverage, "fdr": config.fdr, "nulls": list(config.nulls),
@@ -552,7 +554,7 @@ def write_evaluate(result: EvaluateResult, paths: Mapping[str, Path]) -> None:
     folder = Path(paths["evaluation"])
     outputs = [folder / f"{method}.csv" for method in result.tables] + [folder / "auc_vs_null.png"]
     remove_stale_temps(*outputs, paths["evaluation_metrics"])
-    for (method, rows), path in zip(result.tables.items(), outputs):
+    for rows, path in zip(result.tables.values(), outputs):
         write_csv(rows, path)
     save_figure(result.figure, outputs[-1], FIGURE_DPI)
     close(result.figure)

@@ -6,7 +6,9 @@ block that feeds the final layer (ROF's units), as a static site, a table and me
     result.rows[7]                        # unit 7: roles, ranks, concept, classes, formula, CLIP
     result.files["units/7.html"]          # its page; result.files["units/7.png"]: its strip (PNG)
 
-A method's output that is missing, made from another checkpoint or without this layer is named
+Where the evaluate stage ran on the same checkpoint, each method's held-out AUC and significance
+against the null networks stand beside its answer, and the index has a scoreboard per method and
+layer. A method's output that is missing, made from another checkpoint or without this layer is named
 in `notes` and its columns are left out; a checkpoint that cannot be read leaves out every column
 computed from it (all but the unit numbers). The report runs no model.
 """
@@ -26,7 +28,7 @@ import torch
 
 from netunits.data.probe import load_probe, unpack_masks
 from netunits.errors import PipelineError
-from netunits.files import load_checked, read_csv, write_csv, write_json
+from netunits.files import load_checked, read_csv, read_json, write_csv, write_json
 from netunits.methods.dissection import unit_masks
 from netunits.methods.rof import CATEGORIES
 from netunits.models.checkpoint import load_checkpoint_file
@@ -39,6 +41,13 @@ Table = dict[str, list[str]]
 # The methods whose own tables get a page, in the order the pages name them.
 METHOD_LABELS = {"rof": "ROF roles", "dissection": "network dissection", "influence": "influential filters",
                  "compose": "compositional explanations", "clip_dissect": "CLIP-Dissect"}
+# The methods the evaluate stage scores, in its order: their label and the short name of the index's
+# headings (the significance mark and held-out AUC columns stand right after the method's own answer).
+EVALUATED = {"dissection": ("network dissection", "concept"), "formula": ("compositional explanations", "formula"),
+             "clip_dissect": ("CLIP-Dissect", "CLIP"), "invert": ("INVERT", "INVERT")}
+# evaluate's columns for a unit's ablation, filled only on the block feeding the final layer.
+CAUSAL_FIELDS = {"names_class": "class its answer names", "margin_effect": "margin drop when zeroed",
+                 "accuracy_effect": "accuracy drop when zeroed", "most_hurt": "class hurt most"}
 # Params sections that nothing on the report's pages depends on (figures and the study).
 PARAMS_NOT_HASHED = ("plot", "grid", "aggregate")
 # Words of a formula that are not concept names (netunits.methods.compose's connectors).
@@ -91,6 +100,8 @@ class ReportInputs:
     formulas: Table | None = None         # compose's rows of the layer
     formula_masks: tuple[torch.Tensor, int] | None = None  # packed masks (units x k x bytes), their size
     clip: Table | None = None             # CLIP-Dissect's rows of the layer
+    evaluation: dict[str, Table] = field(default_factory=dict)  # evaluate's rows of the layer, per method
+    scoreboard: dict | None = None        # evaluate's metrics (evaluation.json), of this checkpoint
     tables: list[MethodTable] = field(default_factory=list)
 
 
@@ -202,6 +213,33 @@ def _influence(path: Path, roles: Table, notes: list[str]) -> Table | None:
     return table
 
 
+def _evaluation(paths: dict[str, Path], layer: str, n_units: int, sha256: str,
+                notes: list[str]) -> tuple[dict | None, dict[str, Table]]:
+    """evaluate's metrics and its rows of `layer` per method, when made from this checkpoint;
+    else (None, {}) with a note. A method whose table lacks the layer's units is left out alone."""
+    what = "evaluation (held-out AUC, significance, scoreboard)"
+    try:
+        metrics = read_json(paths["evaluation_metrics"])
+    except PipelineError as exc:
+        notes.append(f"{what} left out: {exc}")
+        return None, {}
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("methods"), dict):
+        notes.append(f"{what} left out: {paths['evaluation_metrics']}: has no per-method results; "
+                     "rerun `dvc repro evaluate`")
+        return None, {}
+    if metrics.get("checkpoint_sha256") != sha256:
+        notes.append(f"{what} left out: {paths['evaluation_metrics']}: made from another checkpoint than "
+                     f"{paths['model']}; rerun `dvc repro evaluate`")
+        return None, {}
+    tables = {}
+    for method, (label, _) in EVALUATED.items():
+        if method in metrics["methods"]:
+            table = _layer_rows(paths["evaluation"] / f"{method}.csv", layer, n_units, f"evaluation of {label}", notes)
+            if table is not None:
+                tables[method] = table
+    return metrics, tables
+
+
 def load_report_inputs(paths: dict[str, Path], params: Any, overrides: tuple[str, ...] = ()) -> ReportInputs:
     """Every method's output for the units of the checkpoint's last block, checked against the
     checkpoint; `params` (the run's params, every section) and `overrides` are recorded on the
@@ -218,7 +256,8 @@ def load_report_inputs(paths: dict[str, Path], params: Any, overrides: tuple[str
                                 f"{', '.join(ARCHITECTURES)}")
     except PipelineError as exc:
         notes.append(f"checkpoint unreadable, so every column computed from it is left out (ROF roles and ranks, "
-                     f"network dissection, influential filters, compositional explanations, CLIP-Dissect): {exc}")
+                     f"network dissection, influential filters, compositional explanations, CLIP-Dissect, "
+                     f"evaluation): {exc}")
         return ReportInputs(n_units, None, run, notes, None, None)
     run.checkpoint_sha256, run.arch = checkpoint["sha256"], checkpoint["arch"]
     layer = ARCHITECTURES[checkpoint["arch"]].last_block
@@ -243,6 +282,7 @@ def load_report_inputs(paths: dict[str, Path], params: Any, overrides: tuple[str
     inputs.clip = _layer_rows(clip_path, layer, n_units, "CLIP-Dissect", notes)
     if inputs.clip:
         tables["clip_dissect"] = (inputs.clip, clip_path)
+    inputs.scoreboard, inputs.evaluation = _evaluation(paths, layer, n_units, run.checkpoint_sha256, notes)
     inputs.tables = [MethodTable(key, table, str(source), Path(os.path.relpath(source, site_methods)).as_posix())
                      for key, (table, source) in tables.items()]
     return inputs
@@ -264,18 +304,38 @@ def _columns(inputs: ReportInputs) -> list[dict]:
                                                                 "subset, from 0"),
                     column("rank_test", "L1 rank test", True, "place in the L1 retrieval order on the test subset, "
                                                               "from 0")]
+    fdr = inputs.scoreboard["fdr"] if inputs.scoreboard else None
+
+    def evaluated(method):
+        # beside the method's answer: its significance mark and held-out AUC, where evaluate scored it
+        if method not in inputs.evaluation:
+            return []
+        label, short = EVALUATED[method]
+        # INVERT has no stage of its own: its answer is evaluate's
+        answer = [column("invert", "INVERT", False, "INVERT's formula, fitted on the evaluation's fit half")] \
+            if method == "invert" else []
+        return answer + [
+            column(f"{method}_significant", f"{short} \u2713", True,
+                   f"{label}: \u2713 where evaluate's answer beats every null network (Benjamini-Hochberg at "
+                   f"{fdr}); hover a mark for its held-out AUC and p values"),
+            column(f"{method}_heldout_auc", f"{short} held-out AUC", True,
+                   f"{label}: AUC of the unit's activation for its answer on the held-out half of the probe set "
+                   "(0.5: chance)")]
     if inputs.dissection:
         columns += [column("concept", "concept", False, "network dissection's best concept"),
                     column("iou", "IoU", True, "its IoU"),
                     column("detector", "detector", True, "IoU above dissect.iou_threshold")]
+    columns += evaluated("dissection")
     if inputs.influence:
         columns += [column("classes", "influential for classes", False,
                            "the classes whose logit this unit is among the most influential for")]
     if inputs.formulas:
         columns += [column("formula", "formula", False, "compositional explanation (beam search over concepts)"),
                     column("formula_iou", "formula IoU", True, "its IoU")]
+    columns += evaluated("formula")
     if inputs.clip:
         columns += [column("clip", "CLIP-Dissect", False, "CLIP-Dissect's description")]
+    columns += evaluated("clip_dissect") + evaluated("invert")
     return columns
 
 
@@ -299,13 +359,18 @@ def _rows(inputs: ReportInputs) -> list[dict]:
             row.update(formula=inputs.formulas["formula"][u], formula_iou=float(inputs.formulas["iou"][u]))
         if inputs.clip:
             row["clip"] = inputs.clip["description"][u]
+        for method, table in inputs.evaluation.items():
+            if method == "invert":
+                row["invert"] = table["answer"][u]
+            row[f"{method}_significant"] = int(table["significant"][u])
+            row[f"{method}_heldout_auc"] = float(table["auc"][u])
         rows.append(row)
     return rows
 
 
 def _metrics(inputs: ReportInputs, rows: list[dict]) -> dict:
     """Per ROF role: detector share, mean best IoU, share influential for some class, mean formula
-    IoU; the rank correlation of L1 rank and best IoU."""
+    IoU, share significant per method evaluate scored; the rank correlation of L1 rank and best IoU."""
     summary: dict[str, Any] = {"layer": inputs.layer, "units": inputs.n_units, "left_out": inputs.notes,
                                "by_role": {}}
     if inputs.roles is None:
@@ -320,6 +385,9 @@ def _metrics(inputs: ReportInputs, rows: list[dict]) -> dict:
             entry["influential_share"] = sum(bool(r["classes"]) for r in members) / len(members)
         if inputs.formulas and members:
             entry["mean_formula_iou"] = sum(r["formula_iou"] for r in members) / len(members)
+        for method in inputs.evaluation:
+            if members:
+                entry[f"{method}_significant_share"] = sum(r[f"{method}_significant"] for r in members) / len(members)
         summary["by_role"][role] = entry
     if inputs.dissection:
         summary["spearman_l1_rank_train_vs_iou"] = spearman([r["rank_train"] for r in rows], [r["iou"] for r in rows])
@@ -337,8 +405,34 @@ def formula_concepts(formula: str) -> list[str]:
     return [word for word in re.split(r"[\s()]+", formula) if word and word not in CONNECTOR_WORDS]
 
 
-def _cell(key: str, row: dict) -> dict:
+def number_text(value: str, digits: int = 4) -> str:
+    """A CSV number as text with `digits` significant digits; '' and words stay as they are."""
+    try:
+        return f"{float(value):.{digits}g}"
+    except ValueError:
+        return value
+
+
+def p_values(table: Table, u: int) -> list[tuple[str, str]]:
+    """The unit's p values in evaluate's table: (what it tests against, the p value as text)."""
+    return [(key.removeprefix("p_").replace("_", " "), number_text(table[key][u], 3))
+            for key in table if key.startswith("p_")]
+
+
+def significance_title(inputs: ReportInputs, method: str, u: int) -> str:
+    """The mark's tooltip: the answer evaluate scored, its held-out AUC and p values."""
+    table = inputs.evaluation[method]
+    verdict = "significant against every null network" if table["significant"][u] == "1" else "not significant"
+    return (f"{verdict}; evaluate's answer {table['answer'][u] or 'none'}, held-out AUC "
+            f"{number_text(table['auc'][u])}; p: " + ", ".join(f"{k} {v}" for k, v in p_values(table, u)))
+
+
+def _cell(key: str, row: dict, inputs: ReportInputs | None = None) -> dict:
     value = row[key]
+    if key.endswith("_significant") and inputs is not None:
+        method = key.removesuffix("_significant")
+        return {"value": value, "text": "\u2713" if value else "", "css": "mark", "href": None,
+                "title": significance_title(inputs, method, row["unit"])}
     if key == "unit":
         return {"value": value, "text": value, "css": "num", "href": f"units/{value}.html"}
     if key == "classes":
@@ -354,7 +448,8 @@ def _cell(key: str, row: dict) -> dict:
 def _index(inputs: ReportInputs, columns: list[dict], rows: list[dict], methods: list[dict]) -> str:
     view = [{"unit": row["unit"], "role": row.get("role", ""), "concept": row.get("concept", ""),
              "formula": " ".join(formula_concepts(row.get("formula", ""))), "clip": row.get("clip", ""),
-             "detector": int(bool(row.get("detector"))), "cells": [_cell(c["key"], row) for c in columns]}
+             "detector": int(bool(row.get("detector"))),
+             "cells": [{"title": None, **_cell(c["key"], row, inputs)} for c in columns]}
             for row in rows]
     fields = [(key, label) for key, label, present in (
         ("concept", "dissection", inputs.dissection), ("formula", "formula", inputs.formulas),
@@ -364,7 +459,47 @@ def _index(inputs: ReportInputs, columns: list[dict], rows: list[dict], methods:
     title = f"Units of {inputs.layer or 'an unknown layer'}: every method side by side"
     return render("index.html", root="", title=title, run=inputs.run, not_hashed=PARAMS_NOT_HASHED,
                   notes=inputs.notes, methods=methods, roles=CATEGORIES if inputs.roles else (),
-                  concept_fields=fields, has_detector=bool(inputs.dissection), columns=columns, rows=view)
+                  concept_fields=fields, has_detector=bool(inputs.dissection), columns=columns, rows=view,
+                  scoreboard=_scoreboard(inputs.scoreboard))
+
+
+def _scoreboard(metrics: dict | None) -> dict | None:
+    """evaluation.json's numbers per method and layer, as the index's scoreboard shows them (None:
+    a number evaluate did not compute, such as causal agreement off the block feeding the final layer)."""
+    if metrics is None:
+        return None
+    nulls = list(metrics.get("nulls", []))
+    rows = []
+    for method, layers in metrics["methods"].items():
+        for layer, entry in layers.items():
+            rows.append({"method": EVALUATED.get(method, (method,))[0], "layer": layer, "units": entry.get("units"),
+                         "auc": entry.get("mean_heldout_auc"),
+                         "null_auc": [entry.get("null_mean_auc", {}).get(k) for k in nulls],
+                         "share": [entry.get("share_significant", {}).get(k) for k in nulls],
+                         "every": entry.get("share_significant_every_null"),
+                         "causal": entry.get("causal_agreement"), "class_answers": entry.get("class_answers")})
+    return {"nulls": nulls, "fdr": metrics.get("fdr"), "rows": rows}
+
+
+def _evaluation_table(inputs: ReportInputs, u: int) -> dict | None:
+    """The unit's page: one row per method evaluate scored, its answer, scores, p values and (on
+    the block feeding the final layer) what zeroing the unit does to the class its answer names."""
+    if not inputs.evaluation:
+        return None
+    tables = inputs.evaluation.values()
+    p_keys = list(dict.fromkeys(k for table in tables for k in table if k.startswith("p_")))
+    causal = [k for k in CAUSAL_FIELDS if any(any(table.get(k, ())) for table in tables)]
+    header = ["method", "answer", "fit score", "held-out score", "held-out AUC",
+              *(f"p {k.removeprefix('p_').replace('_', ' ')}" for k in p_keys), "significant",
+              *(CAUSAL_FIELDS[k] for k in causal)]
+    rows = []
+    for method, table in inputs.evaluation.items():
+        rows.append([EVALUATED[method][0], table["answer"][u] or "none",
+                     *(number_text(table[k][u]) for k in ("fit_score", "heldout_score", "auc")),
+                     *(number_text(table[k][u], 3) if k in table else "" for k in p_keys),
+                     "yes" if table["significant"][u] == "1" else "no",
+                     *(number_text(table[k][u]) if k in table else "" for k in causal)])
+    return {"header": header, "rows": rows}
 
 
 def _strips(inputs: ReportInputs, u: int, size: int) -> tuple[bytes, bytes | None]:
@@ -385,8 +520,9 @@ def _strips(inputs: ReportInputs, u: int, size: int) -> tuple[bytes, bytes | Non
 def _unit_page(inputs: ReportInputs, columns: list[dict], row: dict, methods: list[dict], curves: dict,
                strip: str | None, formula_strip: str | None) -> str:
     u = row["unit"]
+    # evaluate's columns have a table of their own below
     facts = [(c["label"], _cell(c["key"], row)["text"] or ("none" if c["key"] == "classes" else ""))
-             for c in columns if c["key"] != "unit"]
+             for c in columns if c["key"] != "unit" and not is_evaluation_column(c["key"])]
     histogram, concepts = None, []
     if inputs.dissection:
         table, tally = inputs.dissection.table, inputs.dissection.tally
@@ -397,7 +533,12 @@ def _unit_page(inputs: ReportInputs, columns: list[dict], row: dict, methods: li
                   previous=u - 1 if u > 0 else None, next=u + 1 if u + 1 < inputs.n_units else None,
                   formula=row.get("formula") or None, facts=facts, methods=methods, strip=strip,
                   formula_strip=formula_strip, histogram_chart=histogram, concepts=concepts,
-                  curve_charts=[mark(chart, row[f"rank_{s}"], u) for s, chart in curves.items()])
+                  curve_charts=[mark(chart, row[f"rank_{s}"], u) for s, chart in curves.items()],
+                  evaluation=_evaluation_table(inputs, u))
+
+
+def is_evaluation_column(key: str) -> bool:
+    return key == "invert" or key.endswith(("_significant", "_heldout_auc"))
 
 
 def _method_page(inputs: ReportInputs, table: MethodTable) -> str:
