@@ -3,8 +3,15 @@ import math
 
 import torch
 
-from netunits.methods.causal import (ablation_drops, class_effect, concept_class, formula_classes, margins, most_hurt,
-                                     named_class)
+from netunits.methods.causal import (
+    ablation_drops,
+    class_effect,
+    concept_class,
+    formula_classes,
+    margins,
+    most_hurt,
+    named_class,
+)
 
 
 def test_ablation_drops_equal_a_hand_computation_on_a_toy_final_layer():

@@ -17,7 +17,8 @@ def test_any_valid_params_give_the_same_bytes(tmp_path, capsys):
     assert outputs[0] == outputs[1]
     assert outputs[0].decode().startswith("params.yaml: every section valid (compute, data, train, ")
     n_sections = len(tiny_params())
-    assert capsys.readouterr().out.splitlines()[-1].startswith(f"params.yaml: {n_sections} sections valid (compute, data, ")
+    last_line = capsys.readouterr().out.splitlines()[-1]
+    assert last_line.startswith(f"params.yaml: {n_sections} sections valid (compute, data, ")
 
 
 def test_the_committed_params_files_pass(tmp_path):

@@ -5,8 +5,14 @@ import pytest
 import torch
 from scipy.stats import mannwhitneyu
 
-from netunits.methods.stats import (average_ranks, balanced_split, benjamini_hochberg, empirical_p, mann_whitney,
-                                    min_pvalue)
+from netunits.methods.stats import (
+    average_ranks,
+    balanced_split,
+    benjamini_hochberg,
+    empirical_p,
+    mann_whitney,
+    min_pvalue,
+)
 
 
 def hand_auc(scores, labels):

@@ -15,8 +15,16 @@ from netunits.clip_models import image_embeddings, load_model, text_embeddings
 from netunits.data.probe import load_probe, unpack_masks
 from netunits.errors import PipelineError, load_failure
 from netunits.files import file_sha256, read_csv, remove_stale_temps, write_csv, write_json
-from netunits.methods.clip_dissect import (agreement_metrics, annotation_matrix, best_concepts, overall_agreement,
-                                           parse_concepts, pixel_coverage, similarity_blocks, unit_summary)
+from netunits.methods.clip_dissect import (
+    agreement_metrics,
+    annotation_matrix,
+    best_concepts,
+    overall_agreement,
+    parse_concepts,
+    pixel_coverage,
+    similarity_blocks,
+    unit_summary,
+)
 from netunits.models.registry import load_checkpoint
 from netunits.plots import close, descriptions_figure, save_figure
 

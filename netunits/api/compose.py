@@ -98,11 +98,12 @@ class ComposeResult:
             explained, gains = found.explained(), found.gains()
             lengths = [u["length"] for u in explained]
 
-            def mean(key):
+            def mean(key, explained=explained):
                 return float(np.mean([u[key] for u in explained])) if explained else None
             metrics["layers"][layer] = {
                 "units": len(found.units), "units_with_mask": len(explained),
-                "mean_score_by_length": {str(n): float(np.mean(v)) for n, v in found.scores_by_length(max_length).items()},
+                "mean_score_by_length": {str(n): float(np.mean(v))
+                                         for n, v in found.scores_by_length(max_length).items()},
                 "mean_score": mean("score"), "mean_iou": mean("iou"), "mean_single_iou": mean("single_iou"),
                 "share_gain_at_least_min_gain": (float(np.mean([g >= config.min_gain - 1e-12 for g in gains]))
                                                  if explained else None),
@@ -130,7 +131,8 @@ class ComposeResult:
         for layer, m in self.metrics()["layers"].items():
             by_length = ", ".join(f"{n}: {v:.4f}" for n, v in m["mean_score_by_length"].items())
             share = m["share_gain_at_least_min_gain"]
-            lines.append(f"{layer}: {m['units_with_mask']} of {m['units']} units explained; mean {self.config.score} by "
+            lines.append(f"{layer}: {m['units_with_mask']} of {m['units']} units explained; "
+                         f"mean {self.config.score} by "
                          f"formula length {by_length or 'none'}; "
                          + (f"{share:.1%} of units gain at least {self.config.min_gain} IoU over their best concept; "
                             if share is not None else "")

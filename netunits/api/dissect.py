@@ -18,8 +18,17 @@ from netunits.activations import iterate_activations
 from netunits.data.probe import load_probe, unpack_masks
 from netunits.errors import PipelineError
 from netunits.files import remove_stale_temps, save_torch
-from netunits.methods.dissection import (IoUTally, TopValues, add_histogram, dissect_batch_chunks, iou_from_counts,
-                                         merge_top_images, quantile_from_top, unit_masks, values_needed)
+from netunits.methods.dissection import (
+    IoUTally,
+    TopValues,
+    add_histogram,
+    dissect_batch_chunks,
+    iou_from_counts,
+    merge_top_images,
+    quantile_from_top,
+    unit_masks,
+    values_needed,
+)
 from netunits.models.registry import load_checkpoint
 
 HISTOGRAM_BINS = 40    # each unit's activations over the probe set, from 0 to its largest, for the report
