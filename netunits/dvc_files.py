@@ -1,7 +1,7 @@
 """The three DVC pipelines written from the stage table (netunits/stage_table.py):
 
 dvc.yaml         every stage, files at the project root
-cifar/dvc.yaml   the ROF and influence stages on the released CIFAR-10 ResNet20, files under cifar/
+cifar/dvc.yaml   the ROF (pooled and per layer), influence and fine-tuning stages on the released CIFAR-10 ResNet20, files under cifar/
 study/dvc.yaml   the generalization study: the first four stages as a DVC matrix over the grid
                  of study/params.yaml (one folder per cell), and the aggregate
 
@@ -179,6 +179,9 @@ MAIN_PLOTS: list[Plot | str] = [
          {"influence_by_k": ["accuracy_full", "accuracy_decomposed", "kept_set_noised", "kept_others_noised"]},
          "Test accuracy with the final layer rebuilt from each class's k influential units; kept under noise",
          "units per class (k)", "accuracy / share still predicted"),
+    Plot("Fine-tuning the decomposed network", "linear", "epoch", {"finetune_curve": ["test_accuracy", "full_accuracy"]},
+         "Test accuracy of the decomposed network (k units per class) per epoch of fine-tuning, and the full "
+         "network's", "epoch, 0 before training", "test accuracy"),
     "rof_figure", "categories_figure", "probe_figure", "dissect_concepts_figure", "dissect_strips_figure",
     "clip_figure", "compose_figure",
 ]
@@ -189,6 +192,8 @@ CIFAR_PLOTS: list[Plot | str] = [
     Plot("Influential filters, ResNet20 on CIFAR-10", "linear", "k",
          {"influence_by_k": ["accuracy_full", "accuracy_decomposed", "kept_set_noised", "kept_others_noised"]},
          "", "units per class (k)", "accuracy / share still predicted"),
+    Plot("Fine-tuning the decomposed network, ResNet20 on CIFAR-10", "linear", "epoch",
+         {"finetune_curve": ["test_accuracy", "full_accuracy"]}, "", "epoch, 0 before training", "test accuracy"),
     "rof_figure", "categories_figure",
 ]
 
@@ -203,9 +208,10 @@ STUDY_PLOTS: list[Plot | str] = [
 GENERATED = ("Written by `python -m netunits.stage_table` from netunits/stage_table.py: edit the table, not\n"
              "this file (tests/test_stage_table.py checks that they agree).")
 
-MAIN_STAGES = ("prepare_data", "train", "extract_features", "rof_sweep", "influential_filters", "probe_concepts",
-               "dissect", "dissect_report", "compose", "clip_dissect", "report", "plot")
-CIFAR_STAGES = ("prepare_data", "train", "extract_features", "rof_sweep", "influential_filters", "plot")
+MAIN_STAGES = ("prepare_data", "train", "extract_features", "rof_sweep", "layer_rof", "influential_filters", "finetune_decomposed",
+               "probe_concepts", "dissect", "dissect_report", "compose", "clip_dissect", "report", "plot")
+CIFAR_STAGES = ("prepare_data", "train", "extract_features", "rof_sweep", "layer_rof", "influential_filters", "finetune_decomposed",
+                "plot")
 STUDY_CELL_STAGES = ("prepare_data", "train", "extract_features", "rof_sweep")
 
 

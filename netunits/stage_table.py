@@ -48,12 +48,18 @@ FILES: dict[str, Out] = {
     "rof_curve_test": kept("artifacts/rof/curve_test.csv"),
     "rof_counts": kept("artifacts/rof/category_counts.csv"),
     "rof_metrics": metric("artifacts/metrics/rof.json"),
+    # layer_rof
+    "layer_rof_dir": kept("artifacts/layer_rof"),
+    "layer_rof_metrics": metric("artifacts/metrics/layer_rof.json"),
     # influential_filters
     "influence_sets": kept("artifacts/influence/sets.json"),
     "influence_by_k": kept("artifacts/influence/by_k.csv"),
     "influence_by_class": kept("artifacts/influence/by_class.csv"),
     "influence_units": kept("artifacts/influence/units.csv"),
     "influence_metrics": metric("artifacts/metrics/influence.json"),
+    # finetune_decomposed
+    "finetune_curve": kept("artifacts/finetune/curve.csv"),
+    "finetune_metrics": metric("artifacts/metrics/finetune.json"),
     # probe_concepts
     "probe": Out("data/probe/probe.pt"),
     "probe_figure": kept("artifacts/plots/probe_concepts.png"),
@@ -122,8 +128,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("train_features", "test_features")),
     Stage("rof_sweep", ("rof",), ("model", "train_features", "test_features"),
           ("rof_units", "rof_roles", "rof_curve_train", "rof_curve_test", "rof_counts", "rof_metrics")),
+    Stage("layer_rof", ("layer_rof", "rof.turning_point", "rof.acc_tolerance", "rof.loss_tolerance", "compute"),
+          ("model", "train_set", "test_set"), ("layer_rof_dir", "layer_rof_metrics"),
+          comment="ROF at layers with spatial maps: a grid of K refined around the turning points, roles per layer"),
     Stage("influential_filters", ("influence",), ("model", "train_features", "test_features", "rof_units", "rof_roles"),
           ("influence_sets", "influence_by_k", "influence_by_class", "influence_units", "influence_metrics")),
+    Stage("finetune_decomposed", ("finetune", "extract_features.batch_size", "compute"),
+          ("model", "train_set", "test_set", "influence_sets"), ("finetune_curve", "finetune_metrics"),
+          comment="\"Decomposing the Deep\"'s last experiment: the decomposed network trained end to end; its\n"
+                  "test accuracy at epoch 0 is influential_filters' at finetune.k"),
     Stage("probe_concepts", ("probe", "data.dataset", "data.source", "data.dir", "data.test_size", "data.selection",
                              "data.seed", "data.image_size"), (), ("probe", "probe_figure")),
     Stage("dissect", ("dissect.layers", "dissect.quantile", "dissect.top_images", "dissect.batch_size", "compute"),

@@ -22,6 +22,8 @@ TINY_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 TINY_PARAMS["data"].update(train_size=300, test_size=200, image_size=32)
 TINY_PARAMS["train"].update(epochs=2, batch_size=50, eval_batch_size=100)
 TINY_PARAMS["extract_features"].update(batch_size=100)
+# at 32 px layer4 of the ResNet18 is 1 x 1 (no spatial maps); layer3 is 2 x 2
+TINY_PARAMS["layer_rof"].update(layers=["layer3"], k_step=64)
 TINY_PARAMS["plot"].update(dpi=50)
 TINY_PARAMS["probe"].update(size=60, mask_size=16)
 TINY_PARAMS["dissect"].update(batch_size=30)

@@ -12,7 +12,8 @@ import yaml
 
 from conftest import ENV, ROOT, dvc, lock_hashes, scratch_repo, sh, stages_run, tiny_params, write_params
 
-STAGES = ["prepare_data", "train", "extract_features", "rof_sweep", "influential_filters", "plot", "probe_concepts",
+STAGES = ["prepare_data", "train", "extract_features", "rof_sweep", "layer_rof", "influential_filters",
+          "finetune_decomposed", "plot", "probe_concepts",
           "dissect", "dissect_report", "compose", "clip_dissect", "report"]
 
 
