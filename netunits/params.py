@@ -171,6 +171,9 @@ class LayerRofParams(Section):
     """ROF at layers with spatial maps (stage layer_rof); turning points and roles as in `rof`."""
     layers: Layers                                  # each checked against the model by the stage
     k_step: int_range(1)                            # grid step; below every listed layer's channel count
+    images: checked(Union[int, Literal["all"]], lambda v: v == "all" or (_is_int(v) and v >= 1),
+                    "all or an integer >= 1")       # per subset: all, or a seeded random sample
+    seed: Seed
     batch_size: BatchSize
 
 

@@ -39,9 +39,10 @@ def params(**layer):
 
 
 def test_curves_turning_points_and_roles(run):
-    write_params(run, params())
+    write_params(run, params(images=80))
     assert run_main(layer_rof.main) == 0
     metrics = json.loads((run / METRICS).read_text())
+    assert metrics["images"] == {"train": 80, "test": 80}
     assert metrics["turning_point"] == "tolerance" and list(metrics["layers"]) == ["layer2", "layer3"]
     for layer, n in (("layer2", 128), ("layer3", 256)):
         m = metrics["layers"][layer]

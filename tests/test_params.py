@@ -51,6 +51,13 @@ def test_default_tiny_and_study_params_are_valid():
     ("dissect", "quantile", 0, "'dissect.quantile' is 0; it must be a number in (0, 1)"),
     ("probe", "source", "coco", "'probe.source' is 'coco'; it must be one of mnist, broden"),
     ("influence", "k_image", 0, "'influence.k_image' is 0; it must be same or an integer >= 1"),
+    ("finetune", "lr", 0, "'finetune.lr' is 0; it must be a number in (0, 1]"),
+    ("finetune", "epochs", -1, "'finetune.epochs' is -1; it must be an integer from 0 to 100"),
+    ("finetune", "batch_size", 1, "'finetune.batch_size' is 1; it must be an integer from 2 to 65536"),
+    ("finetune", "train_size", "half", "'finetune.train_size' is 'half'; it must be all or an integer >= 2"),
+    ("layer_rof", "layers", [], "'layer_rof.layers' is []; it must be a non-empty list"),
+    ("layer_rof", "k_step", 0, "'layer_rof.k_step' is 0; it must be an integer >= 1"),
+    ("layer_rof", "images", 0, "'layer_rof.images' is 0; it must be all or an integer >= 1"),
 ])
 def test_bad_values_are_named_with_what_is_allowed(section, key, value, message):
     with pytest.raises(PipelineError) as info:

@@ -6,7 +6,8 @@ defines them for the pooled units (netunits/methods/rof.py: U0 the first n0 chan
 subset's order, roles from U0 of the training and the test subset, rof.turning_point choosing
 exact or tolerance turning points with rof.acc_tolerance and rof.loss_tolerance).
 
-The grid is 0, k_step, 2 k_step, ... and every channel; layer_rof.refine adds every K between
+Each subset is the prepared one, or with layer_rof.images a seeded random sample of it (every K
+costs a forward pass of the rest of the network over the images). The grid is 0, k_step, 2 k_step, ... and every channel; layer_rof.refine adds every K between
 a turning point found on the grid and its grid neighbours, until no turning point moves. The
 turning points are then those of the full curve unless a better point lies more than one grid
 step from every point the grid found best; k_step 1 evaluates every K (full curves).
@@ -60,6 +61,14 @@ class LayerRofResult:
         return "\n".join(lines)
 
 
+def sample(subset: dict, size: int | str, seed: int) -> dict:
+    """The subset, or a seeded random `size` of it in the file's order."""
+    if size == "all" or size >= len(subset["labels"]):
+        return subset
+    picked = torch.randperm(len(subset["labels"]), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    return {**subset, "images": subset["images"][picked], "labels": subset["labels"][picked]}
+
+
 def load_layer_rof_inputs(paths: dict[str, Path]) -> LayerRofInputs:
     model, checkpoint = load_checkpoint(paths["model"])
     subsets = {split: load_prepared(paths[f"{split}_set"]) for split in SUBSETS}
@@ -106,12 +115,14 @@ def run_layer_rof(inputs: LayerRofInputs, config: LayerRofParams, rof: RofParams
     channels = check_layers(model, inputs.subsets["test"]["images"], config, runtime, spec, source)
     chosen = rof.turning_point
     curves, roles, seconds = {}, {}, {}
-    metrics = {"turning_point": chosen, "k_step": config.k_step, "layers": {}}
+    subsets = {s: sample(inputs.subsets[s], config.images, config.seed) for s in SUBSETS}
+    metrics = {"turning_point": chosen, "k_step": config.k_step,
+               "images": {s: len(subsets[s]["labels"]) for s in SUBSETS}, "layers": {}}
     for layer, n in channels.items():
         start = time.perf_counter()
         results, on_grid, orders, l1 = {}, {}, {}, {}
         for subset in SUBSETS:
-            data = inputs.subsets[subset]
+            data = subsets[subset]
             maps, logits = layer_maps(model, data["images"], layer, config.batch_size, runtime.device,
                                       runtime.precision, spec, KEY)
             results[subset], on_grid[subset], orders[subset] = subset_curve(model, layer, maps, data["labels"], logits,
