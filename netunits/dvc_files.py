@@ -1,7 +1,8 @@
 """The three DVC pipelines written from the stage table (netunits/stage_table.py):
 
 dvc.yaml         every stage, files at the project root
-cifar/dvc.yaml   the ROF and influence stages on the released CIFAR-10 ResNet20, files under cifar/
+cifar/dvc.yaml   the ROF (pooled and per layer), influence and fine-tuning stages on the released
+                 CIFAR-10 ResNet20, files under cifar/
 study/dvc.yaml   the generalization study: the first four stages as a DVC matrix over the grid
                  of study/params.yaml (one folder per cell), and the aggregate
 docs/pipeline.md dvc.yaml's graph (mermaid) and what each stage writes
@@ -166,7 +167,8 @@ def _plots(plots: list[Plot | str], prefix: str) -> list[str]:
             lines.append(f"        {prefix}{FILES[name].path}: {shown}")
         if plot.caption:
             lines.append(f'      title: "{plot.caption}"')
-        lines += [f"      x_label: {plot.x_label}"] * bool(plot.x_label) + [f"      y_label: {plot.y_label}"] * bool(plot.y_label)
+        lines += [f"      x_label: {plot.x_label}"] * bool(plot.x_label)
+        lines += [f"      y_label: {plot.y_label}"] * bool(plot.y_label)
     return lines
 
 
@@ -188,6 +190,10 @@ MAIN_PLOTS: list[Plot | str] = [
          {"influence_by_k": ["accuracy_full", "accuracy_decomposed", "kept_set_noised", "kept_others_noised"]},
          "Test accuracy with the final layer rebuilt from each class's k influential units; kept under noise",
          "units per class (k)", "accuracy / share still predicted"),
+    Plot("Fine-tuning the decomposed network", "linear", "epoch",
+         {"finetune_curve": ["test_accuracy", "full_accuracy"]},
+         "Test accuracy of the decomposed network (k units per class) per epoch of fine-tuning, and the full "
+         "network's", "epoch, 0 before training", "test accuracy"),
     "rof_figure", "categories_figure", "probe_figure", "dissect_concepts_figure", "dissect_strips_figure",
     "clip_figure", "compose_figure",
 ]
@@ -198,6 +204,8 @@ CIFAR_PLOTS: list[Plot | str] = [
     Plot("Influential filters, ResNet20 on CIFAR-10", "linear", "k",
          {"influence_by_k": ["accuracy_full", "accuracy_decomposed", "kept_set_noised", "kept_others_noised"]},
          "", "units per class (k)", "accuracy / share still predicted"),
+    Plot("Fine-tuning the decomposed network, ResNet20 on CIFAR-10", "linear", "epoch",
+         {"finetune_curve": ["test_accuracy", "full_accuracy"]}, "", "epoch, 0 before training", "test accuracy"),
     "rof_figure", "categories_figure",
 ]
 
@@ -221,8 +229,9 @@ CHECKED = FILES["params_checked"].path
 
 
 def main_pipeline() -> str:
-    lines = _comment(GENERATED + "\nEach stage lists the code it runs (its script and the stages/ and netunits/ modules "
-                     "that\nimports, read from the imports), the files and the params it reads.", "") + ["stages:"]
+    lines = _comment(GENERATED + "\nEach stage lists the code it runs (its script and the stages/ and netunits/ "
+                     "modules that\nimports, read from the imports), the files and the params it reads.", "")
+    lines += ["stages:"]
     for name in MAIN_STAGES:
         lines += _stage(STAGES[name], name, [f"    cmd: python -m {STAGES[name].script}"], "", None,
                         checked=CHECKED) + [""]

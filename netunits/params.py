@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, PrivateAttr, ValidationError,
-                      model_validator)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PrivateAttr, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from netunits.errors import PipelineError
@@ -167,6 +166,16 @@ class RofParams(Section):
     seed: Seed
 
 
+class LayerRofParams(Section):
+    """ROF at layers with spatial maps (stage layer_rof); turning points and roles as in `rof`."""
+    layers: Layers                                  # each checked against the model by the stage
+    k_step: int_range(1)                            # grid step; below every listed layer's channel count
+    images: checked(Union[int, Literal["all"]], lambda v: v == "all" or (_is_int(v) and v >= 1),
+                    "all or an integer >= 1")       # per subset: all, or a seeded random sample
+    seed: Seed
+    batch_size: BatchSize
+
+
 class InfluenceParams(Section):
     k: list_of(lambda v: _is_int(v) and v >= 1, "an integer >= 1", int)
     k_image: checked(Union[int, Literal["same"]], lambda v: v == "same" or (_is_int(v) and v >= 1),
@@ -179,6 +188,17 @@ class InfluenceParams(Section):
         if self.table_k not in self.k:
             raise _key_error("table_k", self.table_k, f"one of influence.k ({', '.join(map(str, self.k))})")
         return self
+
+
+class FinetuneParams(Section):
+    """Fine-tuning the decomposed network (stage finetune_decomposed)."""
+    k: int_range(1)                                 # one of influence.k: checked against sets.json by the stage
+    epochs: int_range(0, 100)
+    lr: float_range(0, 1, lo_open=True)
+    batch_size: int_range(2, 65536)                 # train mode: batch norm needs two images per batch
+    train_size: checked(Union[int, Literal["all"]], lambda v: v == "all" or (_is_int(v) and v >= 2),
+                        "all or an integer >= 2")
+    seed: Seed
 
 
 class ProbeParams(Section):
@@ -281,7 +301,9 @@ class Params(BaseModel):
     train: Optional[TrainParams] = None
     extract_features: Optional[ExtractFeaturesParams] = None
     rof: Optional[RofParams] = None
+    layer_rof: Optional[LayerRofParams] = None
     influence: Optional[InfluenceParams] = None
+    finetune: Optional[FinetuneParams] = None
     probe: Optional[ProbeParams] = None
     dissect: Optional[DissectParams] = None
     compose: Optional[ComposeParams] = None

@@ -53,12 +53,18 @@ FILES: dict[str, Out] = {
     "rof_curve_test": kept("artifacts/rof/curve_test.csv"),
     "rof_counts": kept("artifacts/rof/category_counts.csv"),
     "rof_metrics": metric("artifacts/metrics/rof.json"),
+    # layer_rof
+    "layer_rof_dir": kept("artifacts/layer_rof"),
+    "layer_rof_metrics": metric("artifacts/metrics/layer_rof.json"),
     # influential_filters
     "influence_sets": kept("artifacts/influence/sets.json"),
     "influence_by_k": kept("artifacts/influence/by_k.csv"),
     "influence_by_class": kept("artifacts/influence/by_class.csv"),
     "influence_units": kept("artifacts/influence/units.csv"),
     "influence_metrics": metric("artifacts/metrics/influence.json"),
+    # finetune_decomposed
+    "finetune_curve": kept("artifacts/finetune/curve.csv"),
+    "finetune_metrics": metric("artifacts/metrics/finetune.json"),
     # probe_concepts
     "probe": Out("data/probe/probe.pt"),
     "probe_figure": kept("artifacts/plots/probe_concepts.png"),
@@ -140,8 +146,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("train_features", "test_features")),
     Stage("rof_sweep", ("rof",), ("model", "train_features", "test_features"),
           ("rof_units", "rof_roles", "rof_curve_train", "rof_curve_test", "rof_counts", "rof_metrics")),
+    Stage("layer_rof", ("layer_rof", "rof.turning_point", "rof.acc_tolerance", "rof.loss_tolerance", "compute"),
+          ("model", "train_set", "test_set"), ("layer_rof_dir", "layer_rof_metrics"),
+          comment="ROF at layers with spatial maps: a grid of K refined around the turning points, roles per layer"),
     Stage("influential_filters", ("influence",), ("model", "train_features", "test_features", "rof_units", "rof_roles"),
           ("influence_sets", "influence_by_k", "influence_by_class", "influence_units", "influence_metrics")),
+    Stage("finetune_decomposed", ("finetune", "extract_features.batch_size", "compute"),
+          ("model", "train_set", "test_set", "influence_sets"), ("finetune_curve", "finetune_metrics"),
+          comment="\"Decomposing the Deep\"'s last experiment: the decomposed network trained end to end; its\n"
+                  "test accuracy at epoch 0 is influential_filters' at finetune.k"),
     Stage("probe_concepts", ("probe", "data.dataset", "data.source", "data.dir", "data.test_size", "data.selection",
                              "data.seed", "data.image_size"), (), ("probe", "probe_figure")),
     Stage("dissect", ("dissect.layers", "dissect.quantile", "dissect.top_images", "dissect.batch_size", "compute"),
@@ -178,11 +191,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 
 # The stages of each pipeline (dvc.yaml, cifar/dvc.yaml, study/dvc.yaml), by the params file it reads.
 PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
-    "params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep",
-                    "influential_filters", "probe_concepts", "dissect", "dissect_report", "compose", "clip_dissect",
-                    "evaluate", "report", "plot"),
+    "params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep", "layer_rof",
+                    "influential_filters", "finetune_decomposed", "probe_concepts", "dissect", "dissect_report",
+                    "compose", "clip_dissect", "evaluate", "report", "plot"),
     "cifar/params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep",
-                          "influential_filters", "plot"),
+                          "layer_rof", "influential_filters", "finetune_decomposed", "plot"),
     # the study's cells need no train_log: the aggregate reads only their rof.json
     "study/params.yaml": ("check_params", "prepare_data", "train", "extract_features", "rof_sweep", "study_aggregate"),
 }

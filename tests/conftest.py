@@ -22,6 +22,8 @@ TINY_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 TINY_PARAMS["data"].update(train_size=300, test_size=200, image_size=32)
 TINY_PARAMS["train"].update(epochs=2, batch_size=50, eval_batch_size=100)
 TINY_PARAMS["extract_features"].update(batch_size=100)
+# at 32 px layer4 of the ResNet18 is 1 x 1 (no spatial maps); layer3 is 2 x 2
+TINY_PARAMS["layer_rof"].update(layers=["layer3"], k_step=64)
 TINY_PARAMS["plot"].update(dpi=50)
 TINY_PARAMS["probe"].update(size=60, mask_size=16)
 TINY_PARAMS["dissect"].update(batch_size=30)
@@ -121,9 +123,23 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A folder holding every stage's outputs from one tiny real run (do not modify it)."""
-    from stages import (check_params, dissect, dissect_report, extract_features, influential_filters, plot,
-                        prepare_data, probe_concepts, report, rof_sweep, train, train_log)
-    from stages import clip_dissect, compose, evaluate
+    from stages import (
+        check_params,
+        clip_dissect,
+        compose,
+        dissect,
+        dissect_report,
+        evaluate,
+        extract_features,
+        influential_filters,
+        plot,
+        prepare_data,
+        probe_concepts,
+        report,
+        rof_sweep,
+        train,
+        train_log,
+    )
     folder = tmp_path_factory.mktemp("tiny_run")
     write_params(folder, TINY_PARAMS)
     with working_dir(folder):
