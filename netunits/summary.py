@@ -18,8 +18,9 @@ from netunits.files import write_text
 METRICS_DIR = Path("artifacts/metrics")
 SUMMARY = Path("artifacts/summary.md")
 # metrics file -> the DVC stage that writes it (dvc.yaml)
-STAGES = {"train": "train", "rof": "rof_sweep", "dissect": "dissect_report", "compose": "compose",
-          "clip_dissect": "clip_dissect", "influence": "influential_filters", "report": "report"}
+STAGES = {"train": "train_log", "rof": "rof_sweep", "dissect": "dissect_report", "compose": "compose",
+          "clip_dissect": "clip_dissect", "influence": "influential_filters", "layer_rof": "layer_rof",
+          "finetune": "finetune_decomposed", "evaluation": "evaluate", "report": "report"}
 ROLES = ("both", "train_only", "test_only", "neither")
 
 
@@ -103,12 +104,44 @@ def _report(m):
     return rows
 
 
+def _layer_rof(m):
+    rows = []
+    for name, v in m["layers"].items():
+        rows.append((f"{name}: n0 by accuracy (tolerance) train / test, of {v['n_channels']} channels",
+                     f"{v['train']['n0_acc_tol']} / {v['test']['n0_acc_tol']}"))
+        rows.append((f"{name}: roles by accuracy {' / '.join(ROLES)}", _roles(v["roles"]["acc"])))
+    return rows
+
+
+def _finetune(m):
+    epochs = f"{m['epochs']} epoch{'' if m['epochs'] == 1 else 's'}"
+    return [(f"decomposed network (k = {m['k']}): test accuracy before / after {epochs}",
+             f"{_num(m['accuracy_before'], 3)} / {_num(m['accuracy_after'], 3)} "
+             f"(full network {_num(m['accuracy_full'], 3)})")]
+
+
+def _evaluation(m):
+    rows = []
+    for method, layers in m["methods"].items():
+        for layer, v in layers.items():
+            shares = " / ".join(f"{_num(v['share_significant'].get(null), 3)}" for null in m["nulls"])
+            text = f"{_num(v['mean_heldout_auc'], 3)} / {shares} / {_num(v.get('share_significant_every_null'), 3)}"
+            if v.get("causal_agreement") is not None:
+                text += f" (causal agreement {_num(v['causal_agreement'], 2)} of {v['class_answers']})"
+            rows.append((f"{method} {layer}: mean held-out AUC / share significant against "
+                         f"{' / '.join(m['nulls'])} / every null", text))
+    return rows
+
+
 SECTIONS = (("train", "Training", _train),
             ("rof", "Retrieval of function (ROF)", _rof),
             ("dissect", "Network dissection", _dissect),
             ("compose", "Compositional explanations", _compose),
             ("clip_dissect", "CLIP-Dissect", _clip_dissect),
             ("influence", "Influential filters", _influence),
+            ("layer_rof", "ROF at the blocks before the pooled layer", _layer_rof),
+            ("finetune", "Fine-tuning the decomposed network", _finetune),
+            ("evaluation", "Which answers can be trusted (held-out, against null networks)", _evaluation),
             ("report", "Unit roles joined (the explorer's table)", _report))
 
 

@@ -26,6 +26,13 @@ METRICS = {
     "influence": {"n_units": 10, "accuracy_full": 0.8125,
                   "by_k": {"10": {"accuracy_decomposed": 0.75, "units_in_some_set": 9},
                            "2": {"accuracy_decomposed": 0.5, "units_in_some_set": 3}}},
+    "layer_rof": {"layers": {"layer3": {"n_channels": 16, "train": {"n0_acc_tol": 12}, "test": {"n0_acc_tol": 14},
+                                        "roles": {"acc": ROLES}}}},
+    "finetune": {"k": 5, "epochs": 1, "accuracy_before": 0.75, "accuracy_after": 0.875, "accuracy_full": 0.8125},
+    "evaluation": {"nulls": ["random_init", "permuted_labels"],
+                   "methods": {"formula": {"layer4": {
+                       "mean_heldout_auc": 0.75, "share_significant": {"random_init": 0.1, "permuted_labels": 0.5},
+                       "share_significant_every_null": 0.1, "causal_agreement": 0.6, "class_answers": 5}}}},
     "report": {"left_out": [], "spearman_l1_rank_train_vs_iou": -0.25,
                "by_role": {"both": {"units": 7, "detector_share": 0.0, "influential_share": 0.5,
                                     "mean_formula_iou": 0.0625},
@@ -67,6 +74,12 @@ def test_the_summary_holds_the_metrics_values(metrics_dir):
     assert row(text, f"both (7 units): {shares}") == "0.000 / 0.500 / 0.0625"
     assert row(text, f"neither (0 units): {shares}") == "n/a / n/a / n/a"
     assert row(text, "Spearman: L1 rank on train vs best IoU") == "-0.250"
+    assert row(text, "layer3: n0 by accuracy (tolerance) train / test, of 16 channels") == "12 / 14"
+    assert row(text, "decomposed network (k = 5): test accuracy before / after 1 epoch") == \
+        "0.750 / 0.875 (full network 0.812)"
+    nulls = "random_init / permuted_labels / every null"
+    assert row(text, f"formula layer4: mean held-out AUC / share significant against {nulls}") == \
+        "0.750 / 0.100 / 0.500 / 0.100 (causal agreement 0.60 of 5)"
 
 
 def test_a_missing_or_broken_file_is_named_with_its_command(metrics_dir):
@@ -77,7 +90,7 @@ def test_a_missing_or_broken_file_is_named_with_its_command(metrics_dir):
     text = summary.summary_markdown(metrics_dir)
     assert f"Missing: `{metrics_dir}/compose.json`; run `dvc repro compose` to make it." in text
     assert f"Unreadable: `{metrics_dir}/influence.json`" in text and "run `dvc repro influential_filters`" in text
-    assert "lacks what this summary reads (KeyError: 'baseline_loss'); run `dvc repro train`" in text
+    assert "lacks what this summary reads (KeyError: 'baseline_loss'); run `dvc repro train_log`" in text
     assert row(text, "unique descriptions per layer (5 concepts, annotations)") == "layer4 4 of 10"   # the rest stays
     assert summary.missing_files(metrics_dir) == [metrics_dir / "compose.json"]
 
