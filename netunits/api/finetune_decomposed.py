@@ -44,7 +44,8 @@ class FinetuneResult:
     def summary(self) -> str:
         m = self.metrics
         return (f"k={m['k']}: decomposed test accuracy {m['accuracy_before']:.4f} before, {m['accuracy_after']:.4f} "
-                f"after {m['epochs']} epoch(s) on {m['train_images']} images; full network {m['accuracy_full']:.4f}; "
+                f"after {m['epochs']} epoch{'' if m['epochs'] == 1 else 's'} on {m['train_images']} images; "
+                f"full network {m['accuracy_full']:.4f}; "
                 f"{self.seconds:.0f} s fine-tuning and evaluating")
 
 

@@ -61,8 +61,10 @@ class LayerRofResult:
 
     def summary(self) -> str:
         lines = []
+        # the turning points the roles come from (rof.turning_point), named as such
+        tol = "_tol" if self.metrics["turning_point"] == "tolerance" else ""
         for layer, m in self.metrics["layers"].items():
-            points = ", ".join(f"{s} n0_acc {m[s]['n0_acc']} / n0_loss {m[s]['n0_loss']}" for s in SUBSETS)
+            points = ", ".join(f"{s} n0_acc {m[s]['n0_acc' + tol]} / n0_loss {m[s]['n0_loss' + tol]}" for s in SUBSETS)
             roles = ", ".join(f"{c} {m['roles']['acc'][c]}" for c in CATEGORIES)
             lines.append(f"{layer}: {m['n_channels']} channels, {m['train']['evaluated']} + {m['test']['evaluated']} "
                          f"K evaluated (train + test), {self.seconds.get(layer, 0):.0f} s; {points} "
