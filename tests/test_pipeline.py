@@ -68,9 +68,18 @@ def test_every_stages_console_lines_are_readable(repo):
         for line in lines:
             # no raw Python dict or set, no clause left dangling
             assert "{" not in line and "}" not in line and not line.rstrip().endswith((";", ",", ":")), (stage, line)
-    assert stage_output(log, "check_params") == ["params.yaml: 12 sections valid (compute, data, train, "
-                                                 "extract_features, rof, influence, probe, dissect, compose, "
-                                                 "clip_dissect, report, plot)"]
+    assert stage_output(log, "check_params") == ["params.yaml: 15 sections valid (compute, data, train, "
+                                                 "extract_features, rof, layer_rof, influence, finetune, probe, "
+                                                 "dissect, compose, clip_dissect, evaluate, report, plot)"]
+    assert re.fullmatch(r"k=5: decomposed test accuracy [\d.]+ before, [\d.]+ after \d+ epochs? on \d+ images; "
+                        r"full network [\d.]+; \d+ s fine-tuning and evaluating",
+                        stage_output(log, "finetune_decomposed")[0])
+    # the turning points printed are the ones the roles come from (tolerance, as tiny params say)
+    layer_rof = json.loads((repo / "artifacts/metrics/layer_rof.json").read_text())
+    for line, (layer, m) in zip(stage_output(log, "layer_rof"), layer_rof["layers"].items(), strict=True):
+        assert line.startswith(f"{layer}: "), line
+        assert (f"train n0_acc {m['train']['n0_acc_tol']} / n0_loss {m['train']['n0_loss_tol']}, "
+                f"test n0_acc {m['test']['n0_acc_tol']} / n0_loss {m['test']['n0_loss_tol']} (tolerance)") in line, line
     assert re.fullmatch(r"training log: 2 epochs, test accuracy [\d.]+", stage_output(log, "train_log")[0])
     assert re.fullmatch(r"avgpool: accuracy [\d.]+ with the full final layer; decomposed: k=5 [\d.]+(, k=\d+ [\d.]+)*",
                         stage_output(log, "influential_filters")[0])
