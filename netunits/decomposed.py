@@ -116,6 +116,24 @@ def finetune(model: nn.Module, sets: torch.Tensor, train: dict, test: dict, *, e
     shuffle = torch.Generator().manual_seed(seed)
     images, labels = train["images"], train["labels"]
     n_batches = (len(labels) + batch_size - 1) // batch_size
+    # one intra-op thread while training: oneDNN's multithreaded reductions in the convolutions'
+    # backward pass (the maps the small-map products of netunits.accel leave to it) can sum in
+    # another order from run to run, and a rerun must write the same bits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        history += _epochs(network, optimizer, shuffle, images, labels, test, evaluation, epochs=epochs,
+                           batch_size=batch_size, n_batches=n_batches, lr=lr, device=device, precision=precision,
+                           input_spec=input_spec)
+    finally:
+        torch.set_num_threads(threads)
+    network.eval()
+    return network, history
+
+
+def _epochs(network, optimizer, shuffle, images, labels, test, evaluation, *, epochs, batch_size, n_batches, lr,
+            device, precision, input_spec) -> list[dict]:
+    history = []
     for epoch in range(1, epochs + 1):
         network.train()
         order = torch.randperm(len(labels), generator=shuffle)
@@ -135,5 +153,4 @@ def finetune(model: nn.Module, sets: torch.Tensor, train: dict, test: dict, *, e
         accuracy, loss = evaluate_decomposed(network, test, **evaluation)
         history.append({"epoch": epoch, "test_accuracy": accuracy, "test_loss": loss,
                         "train_loss": loss_sum / len(labels)})
-    network.eval()
-    return network, history
+    return history
