@@ -271,7 +271,30 @@ class EvaluateParams(Section):
     invert_beam: int_range(1, 100)
     invert_max_length: int_range(1, 10)
     invert_max_fraction: float_range(0, 1, lo_open=True)
+    # planted units on the first compose layer: formulas over the probe's concepts, or noise; [] for none
+    planted: checked(list[str], lambda v: isinstance(v, list) and all(_name(x) for x in v) and len(set(v)) == len(v),
+                     "a list of distinct formulas over the probe's concepts or noise ([] for none)")
     batch_size: BatchSize
+
+
+class AblateParams(Section):
+    """Zeroing each unit of the dissected layers (stage ablate): the held-out probe images of
+    evaluate's split; the block feeding the final layer exactly on all of them, earlier layers by
+    a forward pass of the rest of the network on a class-balanced sample."""
+    images_per_class: checked(Union[int, Literal["all"]], lambda v: v == "all" or (_is_int(v) and v >= 1),
+                              "all or an integer >= 1")
+    seed: Seed
+    batch_size: BatchSize
+
+
+class CompareParams(Section):
+    """Networks compared on one probe (stage compare_models): the pipeline's own training with other
+    seeds, with label noise, and the architecture at random initialisation."""
+    train_seeds: list_of(lambda v: _is_int(v) and 0 <= v <= 2**31 - 1, "an integer from 0 to 2147483647", int)
+    label_noise: list_of(lambda v: _is_number(v) and 0 < v <= 0.9, "a number in (0, 0.9]", Union[int, float])
+    random_init_seed: Seed
+    batch_size: BatchSize
+    dpi: Dpi
 
 
 class ReportParams(Section):
@@ -309,6 +332,8 @@ class Params(BaseModel):
     compose: Optional[ComposeParams] = None
     clip_dissect: Optional[ClipDissectParams] = None
     evaluate: Optional[EvaluateParams] = None
+    ablate: Optional[AblateParams] = None
+    compare: Optional[CompareParams] = None
     report: Optional[ReportParams] = None
     plot: Optional[PlotParams] = None
     grid: Optional[GridParams] = None

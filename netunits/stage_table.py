@@ -85,9 +85,15 @@ FILES: dict[str, Out] = {
     "clip_descriptions": kept("artifacts/clip_dissect/descriptions.csv"),
     "clip_figure": kept("artifacts/plots/clip_dissect_top.png"),
     "clip_metrics": metric("artifacts/metrics/clip_dissect.json"),
+    # ablate
+    "ablation": Out("artifacts/ablation.pt"),
     # evaluate
     "evaluation": kept("artifacts/evaluation"),
     "evaluation_metrics": metric("artifacts/metrics/evaluation.json"),
+    # compare_models
+    "compare_table": kept("artifacts/compare/models.csv"),
+    "compare_figure": kept("artifacts/plots/compare_models.png"),
+    "compare_metrics": metric("artifacts/metrics/compare.json"),
     # report
     "site": Out("artifacts/report"),
     "units_table": kept("artifacts/units.csv"),
@@ -170,10 +176,20 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("clip_layers", "clip_descriptions", "clip_figure", "clip_metrics"),
           comment="CLIP-Dissect: open-vocabulary descriptions by soft-WPMI; the concept and weights files that\n"
                   "clip_dissect.concepts and .weights name are params, not deps (their sha256 is in the metrics)"),
+    Stage("ablate", ("ablate", "evaluate.heldout_fraction", "evaluate.seed", "dissect.layers", "compute"),
+          ("model", "probe"), ("ablation",),
+          comment="each dissected unit zeroed on evaluate's held-out probe images: the drop per class"),
     Stage("evaluate", ("evaluate", "dissect.layers", "dissect.quantile", "dissect.iou_threshold", "compose",
                        "clip_dissect", "compute"),
-          ("model", "probe", "tallies", "rof_roles", "influence_units"), ("evaluation", "evaluation_metrics"),
+          ("model", "probe", "tallies", "ablation", "rof_roles", "layer_rof_dir", "influence_units"),
+          ("evaluation", "evaluation_metrics"),
           comment="which answers can be trusted: held-out scores, null networks, causal agreement"),
+    Stage("compare_models", ("compare", "train", "data.label_noise", "data.seed", "dissect.layers", "dissect.quantile",
+                             "dissect.iou_threshold", "evaluate.heldout_fraction", "evaluate.seed", "evaluate.fdr",
+                             "evaluate.min_coverage", "evaluate.batch_size", "clip_dissect.pool", "compute"),
+          ("model", "train_set", "test_set", "probe", "train_metrics"),
+          ("compare_table", "compare_figure", "compare_metrics"),
+          comment="networks side by side on the probe: other training seeds, label noise, random weights"),
     # every section the pages' numbers depend on: the index shows their sha256
     Stage("report", ("data", "train", "compute", "extract_features", "rof", "influence", "probe", "dissect",
                      "compose", "clip_dissect", "evaluate", "report"),
@@ -193,7 +209,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
     "params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep", "layer_rof",
                     "influential_filters", "finetune_decomposed", "probe_concepts", "dissect", "dissect_report",
-                    "compose", "clip_dissect", "evaluate", "report", "plot"),
+                    "compose", "clip_dissect", "ablate", "evaluate", "compare_models", "report", "plot"),
     "cifar/params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep",
                           "layer_rof", "influential_filters", "finetune_decomposed", "plot"),
     # the study's cells need no train_log: the aggregate reads only their rof.json

@@ -29,6 +29,8 @@ TINY_PARAMS["probe"].update(size=60, mask_size=16)
 TINY_PARAMS["dissect"].update(batch_size=30)
 TINY_PARAMS["compose"].update(batch_size=30)
 TINY_PARAMS["clip_dissect"].update(soft_wpmi_top_k=10, wpmi_top_k=5, batch_size=30)  # 60 probe images
+TINY_PARAMS["ablate"].update(images_per_class=2)
+TINY_PARAMS["compare"].update(train_seeds=[1], batch_size=30)
 
 
 def tiny_params(**sections):
@@ -124,6 +126,7 @@ def pytest_collection_modifyitems(items):
 def tiny_run(tmp_path_factory):
     """A folder holding every stage's outputs from one tiny real run (do not modify it)."""
     from stages import (
+        ablate,
         check_params,
         clip_dissect,
         compose,
@@ -144,7 +147,7 @@ def tiny_run(tmp_path_factory):
     write_params(folder, TINY_PARAMS)
     with working_dir(folder):
         for stage in (check_params, prepare_data, train, train_log, extract_features, rof_sweep, influential_filters,
-                      plot, probe_concepts, dissect, dissect_report, compose, clip_dissect, evaluate, report):
+                      plot, probe_concepts, dissect, dissect_report, compose, clip_dissect, ablate, evaluate, report):
             assert run_main(stage.main) == 0, stage.__name__
     return folder
 

@@ -1,4 +1,5 @@
-"""netunits.methods.causal: the ablation effect through a toy final layer, by hand."""
+"""netunits.methods.causal: the ablation effect through a toy final layer, by hand, and by a forward
+pass of the rest of a toy network."""
 import math
 
 import torch
@@ -8,6 +9,8 @@ from netunits.methods.causal import (
     class_effect,
     concept_class,
     formula_classes,
+    forward_drops,
+    logit_drops,
     margins,
     most_hurt,
     named_class,
@@ -47,3 +50,40 @@ def test_answers_name_classes_except_negated_ones():
     assert formula_classes(("AND", ("AND NOT", "hole", "digit_0"), "digit_3")) == {3}
     assert formula_classes(("OR", "digit_1", "digit_2")) == {1, 2}
     assert named_class({3}) == 3 and named_class({1, 2}) is None and named_class(set()) is None
+
+
+class Toy(torch.nn.Module):
+    """conv (layer1) -> pooled -> fc, run in order as the ResNets here run their children."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer1 = torch.nn.Conv2d(1, 3, 1)
+        self.avgpool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(self.avgpool(self.layer1(x)).flatten(1))
+
+
+def test_forward_drops_equal_the_exact_drops_where_the_rest_is_pooling_and_the_final_layer():
+    model = Toy().eval()
+    images = torch.randn(6, 1, 4, 4)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    with torch.no_grad():
+        maps = model.layer1(images)
+        logits = model(images)
+    accuracy, margin = forward_drops(model, "layer1", maps, logits, labels, 2, 4, torch.device("cpu"), "fp32")
+    # zeroing channel j of the maps zeroes pooled feature j: the exact broadcast through fc
+    exact_accuracy, exact_margin = ablation_drops(maps.mean(dim=(2, 3)), model.fc.weight.detach(),
+                                                  model.fc.bias.detach(), labels, 2)
+    assert torch.equal(accuracy, exact_accuracy)
+    assert torch.allclose(margin, exact_margin, atol=1e-6)
+
+
+def test_logit_drops_by_hand():
+    logits = torch.tensor([[2.0, 1.0], [0.0, 1.0]])                     # both images correct
+    ablated = torch.tensor([[[0.0, 1.0]], [[0.0, 3.0]]])                 # one unit zeroed
+    accuracy, margin = logit_drops(logits, ablated, torch.tensor([0, 1]), 2)
+    assert accuracy.tolist() == [[1.0, 0.0]]                             # image 0 becomes wrong
+    assert margin.tolist() == [[1.0 - (-1.0), 1.0 - 3.0]]

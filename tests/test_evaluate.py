@@ -122,6 +122,14 @@ def test_the_stage_writes_one_table_per_method_the_figure_and_the_metrics(projec
     assert header == ["layer", "unit", "answer", "fit_score", "heldout_score", "auc", "p_mannwhitney", "p_random_init",
                       "p_permuted_labels", "significant", "names_class", "margin_effect", "accuracy_effect",
                       "most_hurt"]
+    # causal agreement on every dissected layer, from ablate's drops
+    assert set(metrics["causal"]) == {"layer2", "layer3", "layer4"}
+    assert metrics["causal"]["layer4"]["how"] == "exact" and metrics["causal"]["layer2"]["how"] == "forward"
+    # the planted units went through every method, on the compose layer
+    planted = metrics["planted"]
+    assert planted["layer"] == "layer4" and planted["units"] == ["hole", "digit_3", "hole AND NOT digit_0", "noise"]
+    assert set(planted["methods"]) == {"dissection", "formula", "clip_dissect", "invert"}
+    assert planted["methods"]["dissection"]["expressible"] == 2 and planted["methods"]["formula"]["expressible"] == 3
     first = (project / "artifacts/metrics/evaluation.json").read_bytes()
     assert run_main(evaluate.main) == 0
     assert (project / "artifacts/metrics/evaluation.json").read_bytes() == first    # seeded: the same answers
@@ -132,6 +140,11 @@ def test_the_stage_writes_one_table_per_method_the_figure_and_the_metrics(projec
                                        "images, 1 per class"),
     ("evaluate.nulls=[random_init, shuffled]", "'evaluate.nulls' is ['random_init', 'shuffled']"),
     ("evaluate.heldout_fraction=1.5", "'evaluate.heldout_fraction' is 1.5; it must be a number in (0, 1)"),
+    ("evaluate.planted=[hole, spiral]", "'evaluate.planted' names 'spiral', which the probe lacks; it must name the "
+                                        "probe's concepts"),
+    ("evaluate.planted=['hole AND']", "'evaluate.planted' has a formula that does not parse"),
+    ("evaluate.seed=3", "'evaluate.heldout_fraction' and 'evaluate.seed' are 0.5 and 3, but the ablation used 0.5 "
+                        "and 0; rerun `dvc repro ablate`"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(project, capsys, override, message):
     from stages import evaluate

@@ -20,9 +20,14 @@ set whose annotations are permuted across images (permuted_labels). Per method a
 units' held-out AUCs form the null sample; a trained unit's empirical p-value is taken against
 it and Benjamini-Hochberg at evaluate.fdr decides significance, per null kind.
 
-Causal agreement: for the block that feeds the final layer, zeroing a unit changes the logits by
-its pooled feature times its column of the final layer (netunits.methods.causal), on the
-held-out images.
+Causal agreement, per dissected layer: stage ablate's drop of each class's accuracy and logit
+margin when a unit is zeroed (on the held-out images: exactly for the block feeding the final
+layer, by a forward pass per unit for earlier layers); an answer that names a class agrees when
+that class is the one hurt most.
+
+Planted units: a layer's first channels replaced by known functions of the probe's annotations
+(netunits.methods.planted), run through the same code; per method the share it recovers of what
+it can express, and whether the noise channel passes.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ import numpy as np
 import torch
 
 from netunits.activations import iterate_activations
+from netunits.api.ablate import heldout_split
 from netunits.api.clip_dissect import probe_coverage, similarity_constants
 from netunits.api.compose import positions_by_unit
 from netunits.api.dissect import unit_thresholds
@@ -42,15 +48,16 @@ from netunits.data.probe import load_probe, probe_subset, unpack_masks
 from netunits.errors import PipelineError
 from netunits.files import file_sha256, load_checked, read_csv, remove_stale_temps, write_csv, write_json
 from netunits.methods.bitmasks import gather, popcount_per_image
-from netunits.methods.causal import ablation_drops, class_effect, concept_class, formula_classes, most_hurt, named_class
+from netunits.methods.causal import class_effect, concept_class, formula_classes, most_hurt, named_class
 from netunits.methods.clip_dissect import annotation_matrix, similarity_blocks, unit_summary
 from netunits.methods.clip_dissect import best_concepts as clip_best
 from netunits.methods.compose_search import Primitives, search_units
 from netunits.methods.dissection import IoUTally, best_concepts, dissect_batch_chunks, unit_masks
-from netunits.methods.formula import to_string
+from netunits.methods.formula import canonical, to_string
 from netunits.methods.formula_masks import concept_masks, unit_mask_positions
 from netunits.methods.invert import formula_labels, formula_string, invert_classes, invert_search
-from netunits.methods.stats import balanced_split, benjamini_hochberg, empirical_p, mann_whitney, min_pvalue
+from netunits.methods.planted import fits, image_presence, missing_concepts, parse_planted, planted, planted_maps
+from netunits.methods.stats import benjamini_hochberg, empirical_p, mann_whitney
 from netunits.models.registry import build_model, get_architecture, load_checkpoint
 from netunits.params import PARAMS_FILE
 from netunits.runtime import Runtime, progress
@@ -65,7 +72,9 @@ class EvaluateInputs:
     checkpoint: Mapping[str, Any]        # arch, n_classes, input (the input spec), sha256
     probe: Mapping[str, Any]
     tallies: Mapping[str, Any]           # dissect's: the trained network's thresholds per layer
+    ablation: Mapping[str, Any]          # ablate's: per layer the drops of zeroing each unit
     roles: dict[str, list[str]]          # ROF's unit_roles.csv columns
+    layer_roles: dict[str, dict[str, list[str]]]   # layer_rof's roles per layer (<layer>_roles.csv)
     influence: dict[str, list[str]]      # the influential filters' units.csv columns
 
 
@@ -86,7 +95,6 @@ class Answers:
     best_fit_iou: dict[str, torch.Tensor] = field(default_factory=dict)     # per layer: each unit's best fit IoU
     formulas: dict[str, list] = field(default_factory=dict)                  # per compose layer: trees or None
     invert: dict[str, list] = field(default_factory=dict)                    # per layer: INVERT's steps or None
-    pooled: torch.Tensor | None = None                                       # held-out images x units
     seconds: float = 0.0
 
 
@@ -110,6 +118,16 @@ class EvaluateResult:
         for layer, counts in self.metrics["detectors"].items():
             lines.append(f"{layer}: units at IoU >= {self.metrics['iou_threshold']} on the fit part: trained "
                          f"{counts['trained']}, random_init {counts.get('random_init', 'not run')}")
+        for layer, causal in self.metrics["causal"].items():
+            lines.append(f"{layer} ablation ({causal['how']}, {causal['heldout_images']} held-out images): causal "
+                         "agreement " + ", ".join(f"{m} {v['share']:.2f} of {v['answers']}"
+                                                  for m, v in causal["agreement"].items() if v["answers"]))
+        planted = self.metrics.get("planted")
+        if planted:
+            lines.append(f"planted units on {planted['layer']} ({', '.join(planted['units'])}): recovered " + ", ".join(
+                f"{m} {len(v['recovered'])} of {v['expressible']}" for m, v in planted["methods"].items())
+                + "; noise significant for " + (", ".join(m for m, v in planted["methods"].items()
+                                                          if any(v["noise_significant_mannwhitney"])) or "no method"))
         lines.append("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
         return "\n".join(lines)
 
@@ -122,13 +140,20 @@ def load_evaluate_inputs(paths: Mapping[str, Path]) -> EvaluateInputs:
     if tallies.get("checkpoint_sha256") != file_sha256(paths["model"]):
         raise PipelineError(f"{paths['tallies']}: made from another checkpoint than {paths['model']}; "
                             "rerun `dvc repro dissect`")
+    ablation = load_checked(paths["ablation"], {"per_layer": lambda v: isinstance(v, dict)}, "ablation")
+    if ablation.get("checkpoint_sha256") != tallies["checkpoint_sha256"]:
+        raise PipelineError(f"{paths['ablation']}: made from another checkpoint than {paths['model']}; "
+                            "rerun `dvc repro ablate`")
     model, checkpoint = load_checkpoint(paths["model"])
     probe = load_probe(paths["probe"])
     if probe["images"].shape[-1] != checkpoint["image_size"]:
         raise PipelineError(f"{paths['probe']}: images are {probe['images'].shape[-1]} px but the model was "
                             f"trained on {checkpoint['image_size']} px; rerun `dvc repro probe_concepts`")
-    return EvaluateInputs(model, checkpoint, probe, tallies, read_csv(paths["rof_roles"], numeric=False),
-                          read_csv(paths["influence_units"], numeric=False))
+    layer_roles = {}
+    for path in sorted(Path(paths["layer_rof_dir"]).glob("*_roles.csv")):
+        layer_roles[path.name[:-len("_roles.csv")]] = read_csv(path, numeric=False)
+    return EvaluateInputs(model, checkpoint, probe, tallies, ablation, read_csv(paths["rof_roles"], numeric=False),
+                          layer_roles, read_csv(paths["influence_units"], numeric=False))
 
 
 def check_settings(inputs: EvaluateInputs, settings: Settings,
@@ -143,20 +168,23 @@ def check_settings(inputs: EvaluateInputs, settings: Settings,
     for layer in settings.compose.layers:
         if layer not in settings.dissect.layers:
             raise PipelineError(f"{source}: 'compose.layers' has {layer!r}, which dissect.layers lacks")
-    fit, held = balanced_split(probe["labels"], config.heldout_fraction, config.seed)
-    labels = probe["labels"][held]
-    typical = len(held) // max(1, len(torch.unique(labels)))
-    smallest = min_pvalue(typical, len(held) - typical)
-    # an answer present on as many held-out images as an average class, separating them perfectly,
-    # gets this p-value; where it misses the level, the held-out part can show nothing significant
-    if smallest > config.fdr:
-        raise PipelineError(f"{source}: 'evaluate.heldout_fraction' is {config.heldout_fraction}: the held-out part "
-                            f"has {len(held)} of {len(probe['images'])} probe images, {typical} per class, whose "
-                            f"smallest Mann-Whitney p-value ({smallest:.2g}) is above evaluate.fdr ({config.fdr}); "
-                            f"it must hold out more images (raise it or probe.size)")
-    if len(fit) < 2:
-        raise PipelineError(f"{source}: 'evaluate.heldout_fraction' is {config.heldout_fraction}: it leaves "
-                            f"{len(fit)} probe images to fit on; it must leave at least 2")
+    fit, held = heldout_split(probe, config, source)
+    if config.planted:
+        try:
+            formulas = parse_planted(config.planted)
+        except PipelineError as error:
+            raise PipelineError(f"{source}: 'evaluate.planted' has a formula that does not parse ({error}); it must "
+                                f"be formulas over the probe's concepts with AND, OR, AND NOT, or noise") from None
+        names = [c["name"] for c in probe["concepts"]]
+        missing = missing_concepts(formulas, names)
+        if missing:
+            raise PipelineError(f"{source}: 'evaluate.planted' names {missing[0]!r}, which the probe lacks; it must "
+                                f"name the probe's concepts ({', '.join(names[:8])}, ...) or noise")
+    split = inputs.ablation.get("split", {})
+    if (split.get("heldout_fraction"), split.get("seed")) != (config.heldout_fraction, config.seed):
+        raise PipelineError(f"{source}: 'evaluate.heldout_fraction' and 'evaluate.seed' are {config.heldout_fraction} "
+                            f"and {config.seed}, but the ablation used {split.get('heldout_fraction')} and "
+                            f"{split.get('seed')}; rerun `dvc repro ablate`")
     if settings.clip_dissect.source == "annotations":
         constants, top_k_key = similarity_constants(settings.clip_dissect)
         if top_k_key and constants["top_k"] > len(fit):
@@ -184,14 +212,13 @@ def subset_rank(indices: torch.Tensor, n: int) -> np.ndarray:
 
 
 def scan(model: torch.nn.Module, input_spec: Any, probe: Mapping[str, Any], thresholds: Mapping[str, torch.Tensor],
-         fit: torch.Tensor, held: torch.Tensor, settings: Settings, runtime: Runtime, pooled_layer: str | None,
+         fit: torch.Tensor, held: torch.Tensor, settings: Settings, runtime: Runtime,
          grids: dict[str, int], desc: str, source: str = PARAMS_FILE) -> dict[str, Any]:
     """One pass of the probe through the model: per layer each unit's spatial maximum and CLIP's
     summary per image, the IoU counts on the fit and held-out images, the compose layers' mask
-    positions on each part; the pooled features of the held-out images where pooled_layer is set."""
+    positions on each part."""
     dissect, compose = settings.dissect, settings.compose
     layers = list(dissect.layers)
-    hooked = layers + ([pooled_layer] if pooled_layer and pooled_layer not in layers else [])
     concepts, categories = probe["concepts"], probe["categories"]
     n_pixel = sum(c["level"] == "pixel" for c in concepts)
     category = [categories.index(c["category"]) for c in concepts]
@@ -204,9 +231,9 @@ def scan(model: torch.nn.Module, input_spec: Any, probe: Mapping[str, Any], thre
     sizes = {layer: mask_size if compose.resolution == "mask" else grids[layer] for layer in compose.layers}
     words = {layer: -(-sizes[layer] ** 2 // 64) for layer in compose.layers}
     found = {part: {layer: ([], []) for layer in compose.layers} for part in ("fit", "held")}
-    peaks, summaries, pooled = {layer: [] for layer in layers}, {layer: [] for layer in layers}, []
+    peaks, summaries = {layer: [] for layer in layers}, {layer: [] for layer in layers}
     model.to(runtime.device, memory_format=torch.channels_last)
-    for start, outputs, _ in iterate_activations(model, probe["images"], hooked, settings.evaluate.batch_size,
+    for start, outputs, _ in iterate_activations(model, probe["images"], layers, settings.evaluate.batch_size,
                                                  runtime.device, runtime.precision, input_spec, desc=desc,
                                                  key="dissect.layers", source=source):
         b = len(next(iter(outputs.values())))
@@ -214,8 +241,6 @@ def scan(model: torch.nn.Module, input_spec: Any, probe: Mapping[str, Any], thre
         parts = {"fit": torch.nonzero(~held_rows).flatten(), "held": torch.nonzero(held_rows).flatten()}
         pixel = unpack_masks(probe["pixel_masks"][start:start + b], mask_size)
         labels, annotated = probe["image_labels"][start:start + b], probe["annotated"][start:start + b]
-        if pooled_layer:
-            pooled.append(outputs[pooled_layer].float().flatten(1)[parts["held"]])
         for layer in layers:
             maps = outputs[layer].float()
             if maps.dim() != 4:
@@ -240,8 +265,7 @@ def scan(model: torch.nn.Module, input_spec: Any, probe: Mapping[str, Any], thre
                         for layer in compose.layers} for part in found}
     return {"peaks": {layer: torch.cat(v) for layer, v in peaks.items()},
             "summaries": {layer: torch.cat(v) for layer, v in summaries.items()},
-            "tallies": tallies, "positions": positions, "sizes": sizes,
-            "pooled": torch.cat(pooled) if pooled_layer else None}
+            "tallies": tallies, "positions": positions, "sizes": sizes}
 
 
 def score_answers(auc: torch.Tensor, p: torch.Tensor, chosen: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -252,16 +276,16 @@ def score_answers(auc: torch.Tensor, p: torch.Tensor, chosen: torch.Tensor) -> t
 
 def answer_network(model: torch.nn.Module, input_spec: Any, probe: Mapping[str, Any],
                    thresholds: Mapping[str, torch.Tensor], fit: torch.Tensor, held: torch.Tensor, settings: Settings,
-                   runtime: Runtime, grids: dict[str, int], pooled_layer: str | None = None, desc: str = "evaluate",
+                   runtime: Runtime, grids: dict[str, int], desc: str = "evaluate",
                    source: str = PARAMS_FILE) -> Answers:
     """Every method's answer per unit on the fit part and its scores on the held-out part."""
     started = time.perf_counter()
     config = settings.evaluate
-    found = scan(model, input_spec, probe, thresholds, fit, held, settings, runtime, pooled_layer, grids, desc, source)
+    found = scan(model, input_spec, probe, thresholds, fit, held, settings, runtime, grids, desc, source)
     names = [c["name"] for c in probe["concepts"]]
     coverage = probe_coverage(probe)
     present = presence(probe, coverage, config.min_coverage)
-    answers = Answers(pooled=found["pooled"])
+    answers = Answers()
     fit_probe, held_probe = probe_subset(probe, fit), probe_subset(probe, held)
     compose, clip = settings.compose, settings.clip_dissect
     for layer in settings.dissect.layers:
@@ -362,11 +386,12 @@ def run_evaluate(inputs: EvaluateInputs, settings: Settings, runtime: Runtime,
     thresholds = {layer: per_layer[layer]["thresholds"] for layer in settings.dissect.layers}
     grids = {layer: per_layer[layer]["top_maps"].shape[-1] for layer in settings.dissect.layers}
     architecture = get_architecture(checkpoint["arch"])
-    causal_layer = architecture.last_block if architecture.last_block in settings.dissect.layers else None
-    labels_known = bool((probe["labels"] >= 0).all())
-    pooled_layer = architecture.pooled_layer if causal_layer and labels_known else None
+    # planted units on the first compose layer (the one where every method runs)
+    planted_layer = None
+    if config.planted:
+        planted_layer = settings.compose.layers[0] if settings.compose.layers else settings.dissect.layers[-1]
     trained = answer_network(inputs.model, checkpoint["input"], probe, thresholds, fit, held, settings, runtime, grids,
-                             pooled_layer, "trained", source)
+                             "trained", source)
     timings = {"trained": trained.seconds}
     nulls: dict[str, list[Answers]] = {}
     for kind in config.nulls:
@@ -377,12 +402,12 @@ def run_evaluate(inputs: EvaluateInputs, settings: Settings, runtime: Runtime,
                 model = build_model(checkpoint["arch"], checkpoint["n_classes"]).eval()
                 own = random_thresholds(model, checkpoint["input"], probe, settings, runtime, source)
                 found = answer_network(model, checkpoint["input"], probe, own, fit, held, settings, runtime, grids,
-                                       None, f"random_init {seed}", source)
+                                       f"random_init {seed}", source)
             else:
                 order = torch.randperm(len(probe["images"]), generator=torch.Generator().manual_seed(seed))
                 relabelled = probe_subset(probe, torch.arange(len(probe["images"])), annotations_from=order)
                 found = answer_network(inputs.model, checkpoint["input"], relabelled, thresholds, fit, held, settings,
-                                       runtime, grids, None, f"permuted {seed}", source)
+                                       runtime, grids, f"permuted {seed}", source)
             nulls.setdefault(kind, []).append(found)
             timings[f"{kind}_{seed}"] = time.perf_counter() - started
 
@@ -434,10 +459,15 @@ def run_evaluate(inputs: EvaluateInputs, settings: Settings, runtime: Runtime,
         counts["trained_mean_best_iou"] = float(trained.best_fit_iou[layer].mean())
         metrics["detectors"][layer] = counts
 
-    # causal agreement on the block feeding the final layer
-    causal_rows = []
-    if pooled_layer is not None:
-        metrics["causal"], causal_rows = causal_agreement(inputs, trained, held, causal_layer, settings)
+    # causal agreement per layer, from ablate's drops on the held-out images
+    causal_rows, metrics["causal"] = [], {}
+    for layer, drops in inputs.ablation["per_layer"].items():
+        if layer not in settings.dissect.layers:
+            continue
+        roles = inputs.roles if layer == architecture.last_block else inputs.layer_roles.get(layer, {})
+        influence = inputs.influence if layer == architecture.last_block else {}
+        metrics["causal"][layer], rows = causal_agreement(inputs, trained, layer, drops, roles, influence)
+        causal_rows += rows
     for method, layers in trained.per_method.items():
         for layer, columns in layers.items():
             keys = [k for k in columns if k != "causal"]
@@ -448,24 +478,28 @@ def run_evaluate(inputs: EvaluateInputs, settings: Settings, runtime: Runtime,
                 tables[method].append(row)
     if causal_rows:
         tables["influence"] = causal_rows
-    if metrics["causal"]:
-        for method, value in metrics["causal"]["agreement"].items():
-            if method in metrics["methods"] and causal_layer in metrics["methods"][method]:
-                metrics["methods"][method][causal_layer]["causal_agreement"] = value["share"]
-                metrics["methods"][method][causal_layer]["class_answers"] = value["answers"]
+    for layer, causal in metrics["causal"].items():
+        for method, value in causal["agreement"].items():
+            if method in metrics["methods"] and layer in metrics["methods"][method]:
+                metrics["methods"][method][layer]["causal_agreement"] = value["share"]
+                metrics["methods"][method][layer]["class_answers"] = value["answers"]
+    if planted_layer is not None:
+        started = time.perf_counter()
+        metrics["planted"] = planted_recovery(inputs.model, checkpoint["input"], probe, planted_layer,
+                                              grids[planted_layer], fit, held, settings, runtime, nulls, source)
+        timings["planted"] = time.perf_counter() - started
     figure = null_figure(trained, nulls)
     return EvaluateResult(tables, metrics, figure, timings)
 
 
-def causal_agreement(inputs: EvaluateInputs, trained: Answers, held: torch.Tensor, layer: str,
-                     settings: Settings) -> tuple[dict, list[dict]]:
+def causal_agreement(inputs: EvaluateInputs, trained: Answers, layer: str, drops: Mapping[str, Any],
+                     roles: Mapping[str, list[str]], influence: Mapping[str, list[str]]) -> tuple[dict, list[dict]]:
     """Per method the share of class-naming answers of `layer` whose class is the one whose margin
-    drops most when the unit is zeroed, their mean effect, and the mean drop per ROF role."""
-    weight = inputs.model.fc.weight.detach().float().cpu()
-    bias = inputs.model.fc.bias.detach().float().cpu()
-    labels = inputs.probe["labels"][held]
+    drops most when the unit is zeroed (ablate's drops), their mean effect, the influential
+    filters' agreement where `influence` (their table) is given, and the mean drop per ROF role
+    (`roles`: a roles table of this layer's units, or empty)."""
+    accuracy, margin = drops["accuracy"], drops["margin"]
     n_classes = inputs.checkpoint["n_classes"]
-    accuracy, margin = ablation_drops(trained.pooled, weight, bias, labels, n_classes)
     hurt = most_hurt(margin)
     agreement = {}
 
@@ -496,26 +530,85 @@ def causal_agreement(inputs: EvaluateInputs, trained: Answers, held: torch.Tenso
                                  "accuracy_effect": "" if k is None else class_effect(accuracy, u, k),
                                  "most_hurt": int(hurt[u])} for u, k in enumerate(named)}
     # the influential filters: every (unit, class) of the table's sets
-    influence_key = next((k for k in inputs.influence if k.startswith("influential_for")), None)
+    influence_key = next((k for k in influence if k.startswith("influential_for")), None)
     rows = []
-    if influence_key and len(inputs.influence[influence_key]) == margin.shape[0]:
+    if influence_key and len(influence[influence_key]) == margin.shape[0]:
         names = [str(c) for c in range(n_classes)]
         class_index = {name: i for i, name in enumerate(inputs.checkpoint.get("classes") or names)}
-        sets = influence_classes(inputs.influence[influence_key], class_index)
+        sets = influence_classes(influence[influence_key], class_index)
         pairs = [(u, k) for u, classes in enumerate(sets) for k in classes]
         record("influence", pairs)
-        rows = [{"unit": u, "class": k, "role": inputs.roles["category_acc"][u],
+        rows = [{"layer": layer, "unit": u, "class": k, "role": inputs.roles["category_acc"][u],
                  "margin_effect": class_effect(margin, u, k), "accuracy_effect": class_effect(accuracy, u, k),
                  "most_hurt": int(hurt[u]), "agrees": int(int(hurt[u]) == k)} for u, k in pairs]
-    roles = inputs.roles.get("category_acc", [])
+    role_column = roles.get("category_acc", [])
     by_role = {}
-    if len(roles) == margin.shape[0]:
-        for role in dict.fromkeys(roles):
-            members = [u for u, r in enumerate(roles) if r == role]
+    if len(role_column) == margin.shape[0]:
+        for role in dict.fromkeys(role_column):
+            members = [u for u, r in enumerate(role_column) if r == role]
             by_role[role] = {"units": len(members),
                              "mean_accuracy_drop": float(accuracy[members].nanmean()),
                              "mean_margin_drop": float(margin[members].nanmean())}
-    return {"layer": layer, "heldout_images": len(held), "agreement": agreement, "by_rof_role": by_role}, rows
+    return {"layer": layer, "how": drops["how"], "heldout_images": drops["images"], "agreement": agreement,
+            "by_rof_role": by_role}, rows
+
+
+def planted_recovery(model: torch.nn.Module, input_spec: Any, probe: Mapping[str, Any], layer: str, grid: int,
+                     fit: torch.Tensor, held: torch.Tensor, settings: Settings, runtime: Runtime,
+                     nulls: Mapping[str, list[Answers]], source: str = PARAMS_FILE) -> dict:
+    """The planted units (evaluate.planted, the first channels of `layer` of the trained network)
+    through every method's code: per method the share of the planted formulas it can express that
+    it names, and whether the noise units pass Benjamini-Hochberg among the planted units' held-out
+    Mann-Whitney p-values, with their empirical p-values against each null's units."""
+    config = settings.evaluate
+    names = [c["name"] for c in probe["concepts"]]
+    formulas = parse_planted(config.planted)
+    only = Settings(config, settings.dissect.model_copy(update={"layers": [layer]}),
+                    settings.compose.model_copy(update={"layers": [layer]}),
+                    settings.clip_dissect.model_copy(update={"layers": [layer]}))
+    with planted(model, layer, planted_maps(probe, formulas, grid, config.seed)):
+        thresholds = random_thresholds(model, input_spec, probe, only, runtime, source)
+        answers = answer_network(model, input_spec, probe, thresholds, fit, held, only, runtime, {layer: grid},
+                                 "planted", source)
+    present = presence(probe, probe_coverage(probe), config.min_coverage)
+    invert_ops = ("AND", "OR", "AND NOT")
+    result: dict[str, Any] = {"layer": layer, "units": list(config.planted), "methods": {}}
+    for method, layers in answers.per_method.items():
+        columns = layers[layer]
+        recovered, expressible = [], []
+        for unit, formula in enumerate(formulas):
+            if formula is None:
+                continue
+            if method in ("dissection", "clip_dissect"):
+                can, got = isinstance(formula, str), columns["answer"][unit] == formula
+            elif method == "formula":
+                can = fits(formula, settings.compose.max_length, settings.compose.connectors)
+                found = answers.formulas[layer][unit]
+                got = found is not None and canonical(found) == canonical(formula)
+            else:   # INVERT names a formula over image-level presence: the same images must satisfy it
+                can = fits(formula, config.invert_max_length, invert_ops)
+                steps = answers.invert[layer][unit]
+                got = steps is not None and torch.equal(formula_labels(steps, present),
+                                                        image_presence(formula, present, names))
+            if can:
+                expressible.append(config.planted[unit])
+                if got:
+                    recovered.append(config.planted[unit])
+        noise = [u for u, f in enumerate(formulas) if f is None]
+        units = len(formulas)
+        significant, _ = benjamini_hochberg(torch.tensor(columns["p_mannwhitney"][:units]), config.fdr)
+        entry = {"answers": columns["answer"][:units], "heldout_auc": columns["auc"][:units],
+                 "expressible": len(expressible), "recovered": recovered,
+                 "recovery_rate": len(recovered) / len(expressible) if expressible else None,
+                 "noise_significant_mannwhitney": [bool(significant[u]) for u in noise]}
+        for kind, networks in nulls.items():
+            if layer in networks[0].per_method.get(method, {}):
+                null = torch.cat([torch.tensor(n.per_method[method][layer]["auc"], dtype=torch.float64)
+                                  for n in networks])
+                p = empirical_p(torch.tensor(columns["auc"][:units], dtype=torch.float64), null)
+                entry[f"noise_p_{kind}"] = [float(p[u]) for u in noise]
+        result["methods"][method] = entry
+    return result
 
 
 def null_figure(trained: Answers, nulls: Mapping[str, list[Answers]]):

@@ -7,6 +7,11 @@ ablated logits of all units come from one broadcast, with no forward pass. Per u
 over the images of class k: the drop in accuracy (share correct before minus after) and the drop
 in the mean logit margin (the true class's logit minus the largest other logit).
 
+Before that block there is no such shortcut: zeroing a channel of an earlier layer changes every
+later activation, so `forward_drops` runs the rest of the network once per channel on the
+layer's cached maps (netunits.layer_rof.tail_logits), and the same drops are taken from the
+logits.
+
 An answer that names class k for unit j agrees causally when k is the class whose margin drops
 most; its effect is the drop for k minus the mean drop over the other classes.
 """
@@ -17,7 +22,9 @@ from typing import Iterable
 
 import torch
 
+from netunits.layer_rof import tail_logits
 from netunits.methods.formula import Formula
+from netunits.runtime import progress
 
 CLASS_CONCEPT = re.compile(r"digit_(\d+)")
 UNIT_CHUNK = 64           # units whose ablated logits (images x units x classes) are held at once
@@ -33,32 +40,57 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (true - others.amax(dim=-1, keepdim=True)).squeeze(-1)
 
 
-def ablation_drops(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
-                   n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(accuracy drop, margin drop), each units x classes (float64), of zeroing each unit's pooled
-    feature, over the images of each class (NaN for a class with no image).
-
-    features: images x units; weight: classes x units; bias: classes; labels: images."""
-    features, weight, bias = features.double(), weight.double(), bias.double()
-    logits = features @ weight.T + bias
+def logit_drops(logits: torch.Tensor, ablated: torch.Tensor, labels: torch.Tensor,
+                n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(accuracy drop, margin drop), each units x classes (float64), from the logits (images x
+    classes) and the logits with each unit zeroed (images x units x classes), over the images of
+    each class (NaN for a class with no image)."""
+    logits, ablated = logits.double(), ablated.double()
     correct = (logits.argmax(1) == labels).double()
     margin = margins(logits, labels)
     members = torch.nn.functional.one_hot(labels, n_classes).double()          # images x classes
     count = members.sum(0)
-    safe = count.clamp_min(1)
+    ablated_correct = (ablated.argmax(2) == labels[:, None]).double()           # images x units
+    ablated_margin = margins(ablated, labels)
+    accuracy = ((correct[:, None] - ablated_correct).T @ members) / count.clamp_min(1)
+    margin_drop = ((margin[:, None] - ablated_margin).T @ members) / count.clamp_min(1)
+    empty = count == 0
+    accuracy[:, empty], margin_drop[:, empty] = float("nan"), float("nan")
+    return accuracy, margin_drop
+
+
+def ablation_drops(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, labels: torch.Tensor,
+                   n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """logit_drops of zeroing each unit's pooled feature, exactly: features: images x units;
+    weight: classes x units; bias: classes; labels: images."""
+    features, weight, bias = features.double(), weight.double(), bias.double()
+    logits = features @ weight.T + bias
     accuracy_drops, margin_drops = [], []
     for first in range(0, features.shape[1], UNIT_CHUNK):
         f = features[:, first:first + UNIT_CHUNK]                                # images x chunk
         ablated = logits[:, None, :] - f[:, :, None] * weight.T[None, first:first + UNIT_CHUNK, :]
-        ablated_correct = (ablated.argmax(2) == labels[:, None]).double()        # images x chunk
-        ablated_margin = margins(ablated, labels)
-        accuracy_drops.append(((correct[:, None] - ablated_correct).T @ members) / safe)
-        margin_drops.append(((margin[:, None] - ablated_margin).T @ members) / safe)
-    nan = torch.full((n_classes,), float("nan"), dtype=torch.float64)
-    accuracy, margin_drop = torch.cat(accuracy_drops), torch.cat(margin_drops)
-    empty = count == 0
-    accuracy[:, empty], margin_drop[:, empty] = nan[empty], nan[empty]
-    return accuracy, margin_drop
+        accuracy, margin = logit_drops(logits, ablated, labels, n_classes)
+        accuracy_drops.append(accuracy)
+        margin_drops.append(margin)
+    return torch.cat(accuracy_drops), torch.cat(margin_drops)
+
+
+def forward_drops(model: torch.nn.Module, layer: str, maps: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                  n_classes: int, batch_size: int, device: torch.device, precision: str,
+                  desc: str = "ablation") -> tuple[torch.Tensor, torch.Tensor]:
+    """logit_drops of zeroing each channel of `layer`'s maps (images x channels x H x W, as the
+    forward gave them; logits: the model's own on those images, which the rest of the network run
+    on the unchanged maps must reproduce), one forward pass of the rest of the network per channel."""
+    n_channels = maps.shape[1]
+    every = torch.ones(n_channels, dtype=torch.bool)
+    tail_logits(model, layer, maps, every, batch_size, device, precision, reference_logits=logits,
+                key="dissect.layers")
+    ablated = torch.empty(len(maps), n_channels, logits.shape[1], dtype=torch.float32)
+    for unit in progress(range(n_channels), f"{desc} {layer}"):
+        keep = every.clone()
+        keep[unit] = False
+        ablated[:, unit] = tail_logits(model, layer, maps, keep, batch_size, device, precision, key="dissect.layers")
+    return logit_drops(logits, ablated, labels, n_classes)
 
 
 def class_effect(drops: torch.Tensor, unit: int, k: int) -> float:
