@@ -140,16 +140,51 @@ class ComposeResult:
         return "\n".join(lines)
 
 
+@dataclass
+class PositionShard:
+    """One layer's unit masks over probe images start..stop - 1 of n_images: per unit its sorted
+    flat positions (image * words * 64 + position, image the probe index)."""
+    start: int
+    stop: int
+    n_images: int
+    positions: list[np.ndarray]
+
+
+def unit_positions_shard(model: torch.nn.Module, probe: Mapping, layer: str, thresholds: torch.Tensor, size: int,
+                         words: int, run: dict, shard: tuple[int, int]) -> PositionShard:
+    """unit_positions over the probe images shard = (start, stop) only, an independent task."""
+    start, stop = shard
+    found = []
+    for first, outputs, _ in iterate_activations(model, probe["images"][start:stop], [layer], desc=f"{layer} masks",
+                                                 **run):
+        image, unit, position = unit_mask_positions(outputs[layer], thresholds, size)
+        found.append((unit.numpy(), (image.numpy() + start + first) * words * 64 + position.numpy()))
+    return PositionShard(start, stop, len(probe["images"]),
+                         positions_by_unit([u for u, _ in found], [p for _, p in found], len(thresholds)))
+
+
+def merge_position_shards(parts: list[PositionShard]) -> list[np.ndarray]:
+    """Each unit's positions over the whole probe set: the shards' in image order, concatenated
+    (a later shard's positions are all larger, so each unit's stay sorted)."""
+    parts = sorted(parts, key=lambda part: part.start)
+    bounds = [(part.start, part.stop) for part in parts]
+    if not parts or bounds[0][0] != 0 or bounds[-1][1] != parts[0].n_images or \
+            any(a[1] != b[0] for a, b in zip(bounds, bounds[1:])):
+        raise PipelineError(f"compose's unit masks: the shards cover probe images {bounds}; they must cover 0 to "
+                            f"{parts[0].n_images if parts else '?'} once, each shard starting where one ends")
+    if len(parts) == 1:
+        return parts[0].positions
+    return [np.concatenate([part.positions[unit] for part in parts]) for unit in range(len(parts[0].positions))]
+
+
 def unit_positions(model: torch.nn.Module, probe: Mapping, layer: str, thresholds: torch.Tensor, size: int,
                    words: int, run: dict) -> list[np.ndarray]:
     """Each unit's mask as flat positions (image * words * 64 + position), from batches of
     activations: upsampled to size x size (resolution mask) or at the layer's own grid.
-    run: iterate_activations' batch_size, device, precision, input_spec and key."""
-    found = []
-    for start, outputs, _ in iterate_activations(model, probe["images"], [layer], desc=f"{layer} masks", **run):
-        image, unit, position = unit_mask_positions(outputs[layer], thresholds, size)
-        found.append((unit.numpy(), (image.numpy() + start) * words * 64 + position.numpy()))
-    return positions_by_unit([u for u, _ in found], [p for _, p in found], len(thresholds))
+    run: iterate_activations' batch_size, device, precision, input_spec and key. One shard over
+    the whole probe set (netunits.shards runs several)."""
+    shard = (0, len(probe["images"]))
+    return merge_position_shards([unit_positions_shard(model, probe, layer, thresholds, size, words, run, shard)])
 
 
 def positions_by_unit(units: list[np.ndarray], positions: list[np.ndarray], n_units: int) -> list[np.ndarray]:

@@ -8,6 +8,7 @@ the unit explorer read.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,7 +25,9 @@ from netunits.methods.dissection import (
     add_histogram,
     dissect_batch_chunks,
     iou_from_counts,
+    merge_kept_top_images,
     merge_top_images,
+    merge_top_values,
     quantile_from_top,
     unit_masks,
     values_needed,
@@ -98,58 +101,176 @@ def load_dissect_inputs(paths: Mapping[str, Path]) -> DissectInputs:
     return DissectInputs(model, probe, checkpoint["input"], checkpoint["sha256"])
 
 
-def unit_thresholds(run: dict, images: torch.Tensor, layers: list[str], quantile: float, source: str):
-    """Pass 1: every unit's largest activations, enough for the exact quantile; returns ({layer:
-    TopValues}, {layer: thresholds}). run: iterate_activations' model, batch_size, device,
+def top_values_pass(run: dict, images: torch.Tensor, layers: list[str], quantile: float, n_images: int,
+                    source: str) -> tuple[dict[str, TopValues], dict[str, int]]:
+    """Pass 1 over `images`, all or a run of a probe set of n_images: each unit's largest
+    activations, as many as the quantile over all n_images needs; returns ({layer: TopValues},
+    {layer: positions per image}). run: iterate_activations' model, batch_size, device,
     precision, input_spec, key and source."""
-    top, n_values = {}, {}
+    top, positions = {}, {}
     for _, outputs, _ in iterate_activations(images_u8=images, layers=layers, desc="thresholds", **run):
         for name, maps in outputs.items():
             if maps.dim() != 4:
                 raise PipelineError(f"{source}: 'dissect.layers' has {name!r}, whose output has no spatial "
                                     f"maps (shape {tuple(maps.shape)})")
             if name not in top:
-                n_values[name] = len(images) * maps.shape[2] * maps.shape[3]
-                top[name] = TopValues(maps.shape[1], values_needed(n_values[name], quantile))
+                positions[name] = maps.shape[2] * maps.shape[3]
+                top[name] = TopValues(maps.shape[1], values_needed(n_images * positions[name], quantile))
             top[name].update(maps.float().transpose(0, 1).flatten(1))
-    return top, {name: quantile_from_top(t.values, n_values[name], quantile) for name, t in top.items()}
+    return top, positions
 
 
-def run_dissect(inputs: DissectInputs, config: Any, runtime: Any, source: str = "params.yaml") -> DissectResult:
-    """config: the dissect section (layers, quantile, top_images, batch_size); runtime: device and
-    precision; source: the params file that messages name."""
-    probe, layers = inputs.probe, list(config.layers)
+def unit_thresholds(run: dict, images: torch.Tensor, layers: list[str], quantile: float, source: str):
+    """Pass 1: every unit's largest activations, enough for the exact quantile; returns ({layer:
+    TopValues}, {layer: thresholds}). run: iterate_activations' model, batch_size, device,
+    precision, input_spec, key and source."""
+    top, positions = top_values_pass(run, images, layers, quantile, len(images), source)
+    return top, {name: quantile_from_top(t.values, len(images) * positions[name], quantile) for name, t in top.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# the two passes over shards of the probe images (contiguous runs start..stop - 1), each shard an
+# independent task with a small picklable result, and their exact merges; run_dissect is one shard
+# --------------------------------------------------------------------------------------------
+@dataclass
+class ThresholdShard:
+    """Pass 1 over probe images start..stop - 1 of n_images: per layer, each unit's largest
+    activations there (units x at most as many as the quantile over all n_images needs,
+    descending), and the layer's positions per image."""
+    start: int
+    stop: int
+    n_images: int
+    top: dict[str, torch.Tensor]
+    positions: dict[str, int]
+
+
+@dataclass
+class DissectThresholds:
+    """Pass 1 merged over the whole probe set: per layer each unit's threshold and its largest
+    activations (units x values, descending; the first is the histogram's top)."""
+    thresholds: dict[str, torch.Tensor]
+    top: dict[str, torch.Tensor]
+
+
+@dataclass
+class CountShard:
+    """Pass 2 over probe images start..stop - 1 of n_images, per layer: the IoU counts
+    (intersection, unit_area, concept_area) and the histogram, which add over shards, and each
+    unit's top images (peaks, probe indices, maps: merge_top_images' triple), best of the bests."""
+    start: int
+    stop: int
+    n_images: int
+    counts: dict[str, dict[str, torch.Tensor]]
+    top_images: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def shards_in_order(parts: list, what: str) -> list:
+    """Shard results sorted by their first image, checked to tile the probe set's images once."""
+    parts = sorted(parts, key=lambda part: part.start)
+    bounds = [(part.start, part.stop) for part in parts]
+    if not parts or bounds[0][0] != 0 or bounds[-1][1] != parts[0].n_images or \
+            any(a[1] != b[0] for a, b in zip(bounds, bounds[1:])):
+        raise PipelineError(f"{what}: the shards cover probe images {bounds}; they must cover 0 to "
+                            f"{parts[0].n_images if parts else '?'} once, each shard starting where one ends")
+    return parts
+
+
+def _run(inputs: DissectInputs, config: Any, runtime: Any, source: str) -> dict:
     model = inputs.model.to(runtime.device, memory_format=torch.channels_last)
-    run = dict(model=model, batch_size=config.batch_size, device=runtime.device, precision=runtime.precision,
-               input_spec=inputs.input_spec, key="dissect.layers", source=source)
-    top, thresholds = unit_thresholds(run, probe["images"], layers, config.quantile, source)
+    return dict(model=model, batch_size=config.batch_size, device=runtime.device, precision=runtime.precision,
+                input_spec=inputs.input_spec, key="dissect.layers", source=source)
 
-    # pass 2: IoU counts, histograms and top-activating images
+
+def threshold_shard(inputs: DissectInputs, config: Any, runtime: Any, shard: tuple[int, int],
+                    source: str = "params.yaml") -> ThresholdShard:
+    """Pass 1 over the probe images shard = (start, stop): each unit's largest activations there."""
+    start, stop = shard
+    n_images = len(inputs.probe["images"])
+    top, positions = top_values_pass(_run(inputs, config, runtime, source), inputs.probe["images"][start:stop],
+                                     list(config.layers), config.quantile, n_images, source)
+    return ThresholdShard(start, stop, n_images, {name: t.values for name, t in top.items()}, positions)
+
+
+def merge_threshold_shards(parts: list[ThresholdShard], quantile: float) -> DissectThresholds:
+    """The thresholds over the whole probe set from pass 1's shards: the largest activations of
+    the union are the largest of the shards' largest, and the quantile reads only those (exact)."""
+    parts = shards_in_order(parts, "dissect's first pass")
+    n_images, top, thresholds = parts[0].n_images, {}, {}
+    for name, positions in parts[0].positions.items():
+        n_values = n_images * positions
+        top[name] = merge_top_values([part.top[name] for part in parts], values_needed(n_values, quantile))
+        thresholds[name] = quantile_from_top(top[name], n_values, quantile)
+    return DissectThresholds(thresholds, top)
+
+
+def count_shard(inputs: DissectInputs, config: Any, runtime: Any, thresholds: DissectThresholds,
+                shard: tuple[int, int], source: str = "params.yaml") -> CountShard:
+    """Pass 2 over the probe images shard = (start, stop): IoU counts, histograms and top images."""
+    probe, (start, stop) = inputs.probe, shard
     concepts, categories = probe["concepts"], probe["categories"]
     n_pixel = sum(c["level"] == "pixel" for c in concepts)
     category = [categories.index(c["category"]) for c in concepts]
     mask_size = probe["mask_size"]
     tallies = {name: IoUTally(len(t), n_pixel, len(concepts) - n_pixel, category, len(categories))
-               for name, t in thresholds.items()}
-    best = dict.fromkeys(thresholds)
-    histograms = {name: torch.zeros(len(t), HISTOGRAM_BINS, dtype=torch.int64) for name, t in thresholds.items()}
-    for start, outputs, _ in iterate_activations(images_u8=probe["images"], layers=layers, desc="IoU", **run):
+               for name, t in thresholds.thresholds.items()}
+    best = dict.fromkeys(tallies)
+    histograms = {name: torch.zeros(len(t), HISTOGRAM_BINS, dtype=torch.int64)
+                  for name, t in thresholds.thresholds.items()}
+    for first, outputs, _ in iterate_activations(images_u8=probe["images"][start:stop], layers=list(config.layers),
+                                                 desc="IoU", **_run(inputs, config, runtime, source)):
         n = next(iter(outputs.values())).shape[0]
-        pixel_masks = unpack_masks(probe["pixel_masks"][start:start + n], mask_size)
-        image_labels, annotated = probe["image_labels"][start:start + n], probe["annotated"][start:start + n]
+        at = start + first
+        pixel_masks = unpack_masks(probe["pixel_masks"][at:at + n], mask_size)
+        image_labels, annotated = probe["image_labels"][at:at + n], probe["annotated"][at:at + n]
         for name, maps in outputs.items():
             maps = maps.float()
-            add_histogram(histograms[name], maps.transpose(0, 1).flatten(1), top[name].values[:, 0])
-            for first, last in dissect_batch_chunks(n, maps.shape[1], mask_size * mask_size):
-                masks = unit_masks(maps[first:last], thresholds[name], mask_size)
-                tallies[name].update(masks, pixel_masks[first:last], image_labels[first:last], annotated[first:last])
-            best[name] = merge_top_images(best[name], maps, start, config.top_images)
-    per_layer = {name: LayerTallies(thresholds[name], t.intersection, t.unit_area, t.concept_area, t.category,
-                                    best[name][1], best[name][2].contiguous(), histograms[name],
-                                    top[name].values[:, 0])
-                 for name, t in tallies.items()}
-    return DissectResult(layers, config.quantile, mask_size, concepts, categories, inputs.checkpoint_sha256,
-                         per_layer)
+            add_histogram(histograms[name], maps.transpose(0, 1).flatten(1), thresholds.top[name][:, 0])
+            for lo, hi in dissect_batch_chunks(n, maps.shape[1], mask_size * mask_size):
+                masks = unit_masks(maps[lo:hi], thresholds.thresholds[name], mask_size)
+                tallies[name].update(masks, pixel_masks[lo:hi], image_labels[lo:hi], annotated[lo:hi])
+            best[name] = merge_top_images(best[name], maps, at, config.top_images)
+    counts = {name: {"intersection": t.intersection, "unit_area": t.unit_area, "concept_area": t.concept_area,
+                     "histogram": histograms[name]} for name, t in tallies.items()}
+    return CountShard(start, stop, len(probe["images"]), counts, best)
+
+
+def merge_count_shards(parts: list[CountShard], top_images: int) -> CountShard:
+    """Pass 2's shards as one over the whole probe set: counts and histograms add (exactly: whole
+    numbers), each unit's top_images best images are the best of the shards' bests."""
+    parts = shards_in_order(parts, "dissect's second pass")
+    if len(parts) == 1:
+        return parts[0]
+    counts = {name: {key: functools.reduce(torch.add, [part.counts[name][key] for part in parts]) for key in kept}
+              for name, kept in parts[0].counts.items()}
+    best = {name: merge_kept_top_images([part.top_images[name] for part in parts], top_images)
+            for name in parts[0].top_images}
+    return CountShard(0, parts[-1].stop, parts[0].n_images, counts, best)
+
+
+def dissect_result(inputs: DissectInputs, config: Any, thresholds: DissectThresholds,
+                   counts: CountShard) -> DissectResult:
+    """The stage's result from both passes merged over the whole probe set."""
+    probe = inputs.probe
+    category = [probe["categories"].index(c["category"]) for c in probe["concepts"]]
+    per_layer = {}
+    for name, c in counts.counts.items():
+        _, images, maps = counts.top_images[name]
+        # each layer its own category tensor, as the tallies file has always held
+        per_layer[name] = LayerTallies(thresholds.thresholds[name], c["intersection"], c["unit_area"],
+                                       c["concept_area"], torch.as_tensor(category, dtype=torch.int64), images,
+                                       maps.contiguous(), c["histogram"], thresholds.top[name][:, 0])
+    return DissectResult(list(config.layers), config.quantile, probe["mask_size"], probe["concepts"],
+                         probe["categories"], inputs.checkpoint_sha256, per_layer)
+
+
+def run_dissect(inputs: DissectInputs, config: Any, runtime: Any, source: str = "params.yaml") -> DissectResult:
+    """config: the dissect section (layers, quantile, top_images, batch_size); runtime: device and
+    precision; source: the params file that messages name. Both passes as one shard over the
+    whole probe set (netunits.shards runs them over several)."""
+    shard = (0, len(inputs.probe["images"]))
+    thresholds = merge_threshold_shards([threshold_shard(inputs, config, runtime, shard, source)], config.quantile)
+    counts = merge_count_shards([count_shard(inputs, config, runtime, thresholds, shard, source)], config.top_images)
+    return dissect_result(inputs, config, thresholds, counts)
 
 
 def write_dissect(result: DissectResult, paths: Mapping[str, Path]) -> None:

@@ -10,7 +10,9 @@ image, which lowers the IoU of concepts annotated on few images).
 
 Everything accumulates batch by batch, so no map of any layer is held beyond its batch:
 TopValues keeps each unit's largest activations, enough for the exact quantile; IoUTally keeps
-the intersection and area counts.
+the intersection and area counts. Both merge exactly over disjoint sets of probe images (shards):
+the largest values of the union are the largest of the shards' largest (merge_top_values), and
+counts add.
 """
 from __future__ import annotations
 
@@ -37,6 +39,16 @@ class TopValues:
         """values: units x n (any n)."""
         merged = torch.cat([self.values, values.float()], dim=1)
         self.values = merged.topk(min(self.keep, merged.shape[1]), dim=1).values
+
+
+def merge_top_values(parts: Sequence[torch.Tensor], keep: int) -> torch.Tensor:
+    """Each unit's `keep` largest values over disjoint sets of values, from each set's largest
+    (units x any, descending, as TopValues keeps them): the top of their concatenation, exactly
+    TopValues' values over the union. One part is returned as it is."""
+    if len(parts) == 1 and parts[0].shape[1] <= keep:
+        return parts[0]
+    merged = torch.cat(list(parts), dim=1)
+    return merged.topk(min(keep, merged.shape[1]), dim=1).values
 
 
 def add_histogram(histogram: torch.Tensor, values: torch.Tensor, top: torch.Tensor) -> None:
@@ -134,6 +146,19 @@ def merge_top_images(kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | Non
         peak = torch.cat([kept[0], peak], dim=1)
         indices = torch.cat([kept[1], indices], dim=1)
         unit_maps = torch.cat([kept[2], unit_maps], dim=1)
+    order = torch.sort(-peak, dim=1, stable=True).indices[:, :k]
+    return peak.gather(1, order), indices.gather(1, order), unit_maps[torch.arange(len(order))[:, None], order]
+
+
+def merge_kept_top_images(parts: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+                          k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """merge_top_images' triples from disjoint runs of probe images, given in image order, as one:
+    each unit's k best by descending peak, among equal peaks the earlier image (a stable sort of
+    the concatenation), which is what one merge_top_images over all the images keeps. One part is
+    returned as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    peak, indices, unit_maps = (torch.cat([part[i] for part in parts], dim=1) for i in range(3))
     order = torch.sort(-peak, dim=1, stable=True).indices[:, :k]
     return peak.gather(1, order), indices.gather(1, order), unit_maps[torch.arange(len(order))[:, None], order]
 
