@@ -20,7 +20,8 @@ SUMMARY = Path("artifacts/summary.md")
 # metrics file -> the DVC stage that writes it (dvc.yaml)
 STAGES = {"train": "train_log", "rof": "rof_sweep", "dissect": "dissect_report", "compose": "compose",
           "clip_dissect": "clip_dissect", "influence": "influential_filters", "layer_rof": "layer_rof",
-          "finetune": "finetune_decomposed", "evaluation": "evaluate", "report": "report"}
+          "finetune": "finetune_decomposed", "evaluation": "evaluate", "compare": "compare_models",
+          "report": "report"}
 ROLES = ("both", "train_only", "test_only", "neither")
 
 
@@ -130,6 +131,29 @@ def _evaluation(m):
                 text += f" (causal agreement {_num(v['causal_agreement'], 2)} of {v['class_answers']})"
             rows.append((f"{method} {layer}: mean held-out AUC / share significant against "
                          f"{' / '.join(m['nulls'])} / every null", text))
+    planted = m.get("planted")
+    if planted:
+        rows.append((f"planted units on {planted['layer']} ({', '.join(planted['units'])}): recovered of expressible",
+                     ", ".join(f"{method} {len(v['recovered'])} of {v['expressible']}"
+                               for method, v in planted["methods"].items())))
+        rows.append(("planted noise unit significant (held-out Mann-Whitney, BH)",
+                     ", ".join(f"{method} {'yes' if any(v['noise_significant_mannwhitney']) else 'no'}"
+                               for method, v in planted["methods"].items())))
+    return rows
+
+
+def _compare(m):
+    rows = []
+    for name, network in m["networks"].items():
+        accuracy = network["test_accuracy"]
+        rows.append((f"{name}: test accuracy; per layer significant answers (distinct concepts), detectors",
+                     ("n/a" if accuracy is None else _num(accuracy, 3)) + "; " + ", ".join(
+                         f"{layer} {v['significant']} ({v['significant_concepts']}), {v['detectors']}"
+                         for layer, v in network["layers"].items())))
+    for layer, v in m["seeds"]["layers"].items():
+        rows.append((f"{layer} over {len(m['seeds']['networks'])} seeds: significant answers; concepts significant "
+                     f"in every seed", f"{' / '.join(map(str, v['significant']))}; "
+                     f"{', '.join(v['stable_significant_concepts']) or 'none'}"))
     return rows
 
 
@@ -142,6 +166,7 @@ SECTIONS = (("train", "Training", _train),
             ("layer_rof", "ROF at the blocks before the pooled layer", _layer_rof),
             ("finetune", "Fine-tuning the decomposed network", _finetune),
             ("evaluation", "Which answers can be trusted (held-out, against null networks)", _evaluation),
+            ("compare", "Networks compared on the probe (seeds, label noise, random weights)", _compare),
             ("report", "Unit roles joined (the explorer's table)", _report))
 
 

@@ -32,7 +32,16 @@ METRICS = {
     "evaluation": {"nulls": ["random_init", "permuted_labels"],
                    "methods": {"formula": {"layer4": {
                        "mean_heldout_auc": 0.75, "share_significant": {"random_init": 0.1, "permuted_labels": 0.5},
-                       "share_significant_every_null": 0.1, "causal_agreement": 0.6, "class_answers": 5}}}},
+                       "share_significant_every_null": 0.1, "causal_agreement": 0.6, "class_answers": 5}}},
+                   "planted": {"layer": "layer4", "units": ["hole", "noise"],
+                               "methods": {"dissection": {"recovered": ["hole"], "expressible": 1,
+                                                          "noise_significant_mannwhitney": [False]}}}},
+    "compare": {"networks": {"trained seed 0": {"test_accuracy": 0.875, "layers": {
+                    "layer4": {"significant": 7, "significant_concepts": 3, "detectors": 2}}},
+                             "random init 0": {"test_accuracy": None, "layers": {
+                    "layer4": {"significant": 1, "significant_concepts": 1, "detectors": 0}}}},
+                "seeds": {"networks": ["trained seed 0", "trained seed 1"],
+                          "layers": {"layer4": {"significant": [7, 5], "stable_significant_concepts": ["hole"]}}}},
     "report": {"left_out": [], "spearman_l1_rank_train_vs_iou": -0.25,
                "by_role": {"both": {"units": 7, "detector_share": 0.0, "influential_share": 0.5,
                                     "mean_formula_iou": 0.0625},
@@ -80,6 +89,12 @@ def test_the_summary_holds_the_metrics_values(metrics_dir):
     nulls = "random_init / permuted_labels / every null"
     assert row(text, f"formula layer4: mean held-out AUC / share significant against {nulls}") == \
         "0.750 / 0.100 / 0.500 / 0.100 (causal agreement 0.60 of 5)"
+    assert row(text, "planted units on layer4 (hole, noise): recovered of expressible") == "dissection 1 of 1"
+    assert row(text, "planted noise unit significant (held-out Mann-Whitney, BH)") == "dissection no"
+    per_layer = "test accuracy; per layer significant answers (distinct concepts), detectors"
+    assert row(text, f"trained seed 0: {per_layer}") == "0.875; layer4 7 (3), 2"
+    assert row(text, f"random init 0: {per_layer}") == "n/a; layer4 1 (1), 0"
+    assert row(text, "layer4 over 2 seeds: significant answers; concepts significant in every seed") == "7 / 5; hole"
 
 
 def test_a_missing_or_broken_file_is_named_with_its_command(metrics_dir):
