@@ -202,10 +202,12 @@ class FinetuneParams(Section):
 
 
 class ProbeParams(Section):
-    source: choice("mnist", "broden")
+    source: choice("mnist", "cifar10", "broden")
     dir: checked(str, _name, "a folder path (read when source is broden)")
     size: int_range(1)
     mask_size: int_range(8, 448)
+    # source cifar10: how pixels get one of the eleven basic colour terms (netunits.concepts_colour.COLOUR_RULES)
+    colour_rule: choice("xkcd_names", "xkcd_basic")
 
 
 class DissectParams(Section):

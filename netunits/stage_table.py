@@ -7,7 +7,7 @@ stage's code deps read from the imports of its script.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -127,6 +127,9 @@ class Stage:
     module: str = ""                       # default stages.<name>
     study_overrides: tuple[str, ...] = field(default=())  # --set ... per study cell
     whole_params: bool = False             # its params are every key of the file
+    # deps and params (of those above) read only where present: a dep kept in a pipeline with the stage
+    # writing it, a param where another stage of the pipeline reads its section (pipeline_stage)
+    optional: tuple[str, ...] = field(default=())
 
     @property
     def script(self) -> str:
@@ -161,8 +164,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("model", "train_set", "test_set", "influence_sets"), ("finetune_curve", "finetune_metrics"),
           comment="\"Decomposing the Deep\"'s last experiment: the decomposed network trained end to end; its\n"
                   "test accuracy at epoch 0 is influential_filters' at finetune.k"),
-    Stage("probe_concepts", ("probe", "data.dataset", "data.source", "data.dir", "data.test_size", "data.selection",
-                             "data.seed", "data.image_size"), (), ("probe", "probe_figure")),
+    Stage("probe_concepts", ("probe", "data.dataset", "data.source", "data.dir", "data.train_size", "data.test_size",
+                             "data.selection", "data.seed", "data.image_size"), (), ("probe", "probe_figure")),
     Stage("dissect", ("dissect.layers", "dissect.quantile", "dissect.top_images", "dissect.batch_size", "compute"),
           ("model", "probe"), ("tallies",),
           comment="the activation passes; dissect_report turns their counts into answers, so changing\n"
@@ -195,7 +198,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                      "compose", "clip_dissect", "evaluate", "report"),
           ("model", "rof_roles", "rof_curve_train", "rof_curve_test", "dissect_layers", "tallies", "probe",
            "influence_units", "formulas", "formula_masks", "clip_layers", "evaluation", "evaluation_metrics"),
-          ("site", "units_table", "report_metrics"),
+          ("site", "units_table", "report_metrics"), optional=("evaluation", "evaluation_metrics", "evaluate"),
           comment="the unit explorer: every method's answer per unit, as a static site"),
     Stage("plot", ("plot", "train.arch"), ("rof_curve_train", "rof_curve_test", "rof_units", "rof_metrics",
                                            "train_metrics"),
@@ -210,18 +213,34 @@ PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
     "params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep", "layer_rof",
                     "influential_filters", "finetune_decomposed", "probe_concepts", "dissect", "dissect_report",
                     "compose", "clip_dissect", "ablate", "evaluate", "compare_models", "report", "plot"),
+    # no ablate, evaluate or compare_models: the unit explorer shows every other method without them
     "cifar/params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep",
-                          "layer_rof", "influential_filters", "finetune_decomposed", "plot"),
+                          "layer_rof", "influential_filters", "finetune_decomposed", "probe_concepts", "dissect",
+                          "dissect_report", "compose", "clip_dissect", "report", "plot"),
     # the study's cells need no train_log: the aggregate reads only their rof.json
     "study/params.yaml": ("check_params", "prepare_data", "train", "extract_features", "rof_sweep", "study_aggregate"),
 }
 
 
+def pipeline_stage(name: str, params_file: str) -> Stage:
+    """The stage as the pipeline reading `params_file` runs it: an optional dep only where a stage of
+    the pipeline writes it, an optional param only where another stage of it reads that section."""
+    stage = STAGES[name]
+    if not stage.optional:
+        return stage
+    names = PIPELINE_STAGES[params_file]
+    written = {out for other in names for out in STAGES[other].outs}
+    read = {p.split(".")[0] for other in names if other != name for p in STAGES[other].params}
+    return replace(stage, deps=tuple(d for d in stage.deps if d not in stage.optional or d in written),
+                   params=tuple(p for p in stage.params if p not in stage.optional or p.split(".")[0] in read))
+
+
 def pipeline_sections(params_file: str | Path) -> tuple[str, ...]:
     """The params sections the stages of the pipeline reading `params_file` need; none for a file
     no pipeline reads."""
-    stages = PIPELINE_STAGES.get(Path(params_file).as_posix().removeprefix("./"), ())
-    sections = [p.split(".")[0] for name in stages for p in STAGES[name].params]
+    params_file = Path(params_file).as_posix().removeprefix("./")
+    stages = PIPELINE_STAGES.get(params_file, ())
+    sections = [p.split(".")[0] for name in stages for p in pipeline_stage(name, params_file).params]
     return tuple(dict.fromkeys(sections))
 
 

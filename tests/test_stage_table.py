@@ -94,7 +94,8 @@ def test_the_check_requires_the_sections_its_pipeline_reads():
     assert set(pipeline_sections("params.yaml")) == set(yaml.safe_load((ROOT / "params.yaml").read_text()))
     assert set(pipeline_sections("study/params.yaml")) == set(yaml.safe_load((ROOT / "study/params.yaml").read_text()))
     cifar = pipeline_sections("./cifar/params.yaml")
-    assert "plot" in cifar and "dissect" not in cifar
+    assert set(cifar) == set(yaml.safe_load((ROOT / "cifar/params.yaml").read_text()))
+    assert "dissect" in cifar and "evaluate" not in cifar     # the report reads evaluate's outputs only where made
     assert pipeline_sections("mine.yaml") == ()
 
 

@@ -218,6 +218,10 @@ def _evaluation(paths: dict[str, Path], layer: str, n_units: int, sha256: str,
     """evaluate's metrics and its rows of `layer` per method, when made from this checkpoint;
     else (None, {}) with a note. A method whose table lacks the layer's units is left out alone."""
     what = "evaluation (held-out AUC, significance, scoreboard)"
+    if not paths["evaluation_metrics"].exists():      # a pipeline without evaluate (cifar/dvc.yaml) or not yet run
+        notes.append(f"{what} left out: {paths['evaluation_metrics']}: file not found; the evaluate stage writes it "
+                     f"where its pipeline has that stage (`dvc repro evaluate`)")
+        return None, {}
     try:
         metrics = read_json(paths["evaluation_metrics"])
     except PipelineError as exc:
