@@ -167,7 +167,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("model", "probe"), ("tallies",),
           comment="the activation passes; dissect_report turns their counts into answers, so changing\n"
                   "dissect.iou_threshold reruns only the report"),
-    Stage("dissect_report", ("dissect.iou_threshold",), ("model", "tallies", "probe", "rof_roles"),
+    Stage("dissect_report", ("dissect.iou_threshold",), ("model", "tallies", "probe", "rof_roles", "layer_rof_dir"),
           ("dissect_layers", "dissect_roles", "dissect_concepts_figure", "dissect_strips_figure", "dissect_metrics")),
     Stage("compose", ("compose", "compute"), ("model", "probe", "tallies"),
           ("formulas", "formula_masks", "compose_figure", "compose_metrics"),
