@@ -94,6 +94,9 @@ FILES: dict[str, Out] = {
     "compare_table": kept("artifacts/compare/models.csv"),
     "compare_figure": kept("artifacts/plots/compare_models.png"),
     "compare_metrics": metric("artifacts/metrics/compare.json"),
+    # featurevis: small PNGs, one per selected unit, committed to be compared across runs
+    "featurevis_dir": kept("artifacts/featurevis"),
+    "featurevis_metrics": metric("artifacts/metrics/featurevis.json"),
     # report
     "site": Out("artifacts/report"),
     "units_table": kept("artifacts/units.csv"),
@@ -190,6 +193,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("model", "train_set", "test_set", "probe", "train_metrics"),
           ("compare_table", "compare_figure", "compare_metrics"),
           comment="networks side by side on the probe: other training seeds, label noise, random weights"),
+    Stage("featurevis", ("featurevis", "compute"), ("model", "rof_roles", "layer_rof_dir", "dissect_layers"),
+          ("featurevis_dir", "featurevis_metrics"),
+          comment="feature visualization: an input optimised per selected unit (by default units of every ROF role,\n"
+                  "the best detectors first), as small PNGs"),
     # every section the pages' numbers depend on: the index shows their sha256
     Stage("report", ("data", "train", "compute", "extract_features", "rof", "influence", "probe", "dissect",
                      "compose", "clip_dissect", "evaluate", "report"),
@@ -209,7 +216,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
     "params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep", "layer_rof",
                     "influential_filters", "finetune_decomposed", "probe_concepts", "dissect", "dissect_report",
-                    "compose", "clip_dissect", "ablate", "evaluate", "compare_models", "report", "plot"),
+                    "compose", "clip_dissect", "ablate", "evaluate", "compare_models", "featurevis", "report", "plot"),
     "cifar/params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep",
                           "layer_rof", "influential_filters", "finetune_decomposed", "plot"),
     # the study's cells need no train_log: the aggregate reads only their rof.json
