@@ -198,10 +198,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           comment="feature visualization: an input optimised per selected unit (by default units of every ROF role,\n"
                   "the best detectors first), as small PNGs"),
     # every section the pages' numbers depend on: the index shows their sha256
-    Stage("report", ("data", "train", "compute", "extract_features", "rof", "influence", "probe", "dissect",
-                     "compose", "clip_dissect", "evaluate", "report"),
-          ("model", "rof_roles", "rof_curve_train", "rof_curve_test", "dissect_layers", "tallies", "probe",
-           "influence_units", "formulas", "formula_masks", "clip_layers", "evaluation", "evaluation_metrics"),
+    Stage("report", ("data", "train", "compute", "extract_features", "rof", "layer_rof", "influence", "probe",
+                     "dissect", "compose", "clip_dissect", "evaluate", "featurevis", "report"),
+          ("model", "rof_roles", "rof_curve_train", "rof_curve_test", "layer_rof_dir", "dissect_layers", "tallies",
+           "probe", "influence_units", "formulas", "formula_masks", "clip_layers", "evaluation", "evaluation_metrics",
+           "featurevis_dir", "featurevis_metrics"),
           ("site", "units_table", "report_metrics"),
           comment="the unit explorer: every method's answer per unit, as a static site"),
     Stage("plot", ("plot", "train.arch"), ("rof_curve_train", "rof_curve_test", "rof_units", "rof_metrics",
