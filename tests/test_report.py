@@ -187,6 +187,10 @@ def test_layer_roles_and_feature_visualization_from_tables_in_memory():
     page = result.files["units/1.html"]
     assert "feature visualization not selected: featurevis.units visualized default, 2 of 3 units" in page
     assert "<img src=\"../featurevis" not in page
+    # a unit silent on the starting image got no gradient: its page says why its image is grey
+    silent = FeatureVis({1: b"\x89PNG one"}, {1: 0.0}, "list, 1 of 3 units")
+    page = run_report(three_units(featurevis=silent), SimpleNamespace(thumbnail=64)).files["units/1.html"]
+    assert "its activation stayed 0: the unit is silent on the starting image, so no gradient reached it" in page
     # the layer not computed by layer_rof: said in words, and a filter option of its own
     missing = {key: ["not computed"] * 3 for key in layer_roles}
     index = run_report(three_units(layer_roles=missing), SimpleNamespace(thumbnail=64)).files["index.html"]
