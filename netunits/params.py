@@ -299,6 +299,27 @@ class CompareParams(Section):
     dpi: Dpi
 
 
+class FeaturevisParams(Section):
+    """Feature visualization (stage featurevis): an input optimised per selected unit of `layer`."""
+    layer: Name                                     # a module of the model: checked by the stage
+    # default: n_units units covering every ROF role of the layer, the best detectors first
+    units: checked(Union[Literal["default", "all"], list[int]],
+                   lambda v: v in ("default", "all") or (isinstance(v, list) and len(v) > 0 and
+                                                         all(_is_int(x) and x >= 0 for x in v) and
+                                                         len(set(v)) == len(v)),
+                   "default, all or a non-empty list of distinct unit indices >= 0")
+    n_units: int_range(1)
+    steps: int_range(1, 100000)
+    size: checked(Union[int, Literal["auto"]],
+                  lambda v: v == "auto" or (_is_int(v) and MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE),
+                  f"auto or an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
+    lr: float_range(0, 1, lo_open=True)
+    transforms: choice("standard", "none")
+    decorrelate: checked(bool, lambda v: isinstance(v, bool), "true or false")
+    seed: Seed
+    batch_size: BatchSize
+
+
 class ReportParams(Section):
     thumbnail: int_range(16, 224)
 
@@ -336,6 +357,7 @@ class Params(BaseModel):
     evaluate: Optional[EvaluateParams] = None
     ablate: Optional[AblateParams] = None
     compare: Optional[CompareParams] = None
+    featurevis: Optional[FeaturevisParams] = None
     report: Optional[ReportParams] = None
     plot: Optional[PlotParams] = None
     grid: Optional[GridParams] = None

@@ -94,6 +94,9 @@ FILES: dict[str, Out] = {
     "compare_table": kept("artifacts/compare/models.csv"),
     "compare_figure": kept("artifacts/plots/compare_models.png"),
     "compare_metrics": metric("artifacts/metrics/compare.json"),
+    # featurevis: small PNGs, one per selected unit, committed to be compared across runs
+    "featurevis_dir": kept("artifacts/featurevis"),
+    "featurevis_metrics": metric("artifacts/metrics/featurevis.json"),
     # report
     "site": Out("artifacts/report"),
     "units_table": kept("artifacts/units.csv"),
@@ -170,7 +173,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("model", "probe"), ("tallies",),
           comment="the activation passes; dissect_report turns their counts into answers, so changing\n"
                   "dissect.iou_threshold reruns only the report"),
-    Stage("dissect_report", ("dissect.iou_threshold",), ("model", "tallies", "probe", "rof_roles"),
+    Stage("dissect_report", ("dissect.iou_threshold",), ("model", "tallies", "probe", "rof_roles", "layer_rof_dir"),
           ("dissect_layers", "dissect_roles", "dissect_concepts_figure", "dissect_strips_figure", "dissect_metrics")),
     Stage("compose", ("compose", "compute"), ("model", "probe", "tallies"),
           ("formulas", "formula_masks", "compose_figure", "compose_metrics"),
@@ -193,11 +196,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           ("model", "train_set", "test_set", "probe", "train_metrics"),
           ("compare_table", "compare_figure", "compare_metrics"),
           comment="networks side by side on the probe: other training seeds, label noise, random weights"),
+    Stage("featurevis", ("featurevis", "compute"), ("model", "rof_roles", "layer_rof_dir", "dissect_layers"),
+          ("featurevis_dir", "featurevis_metrics"),
+          comment="feature visualization: an input optimised per selected unit (by default units of every ROF role,\n"
+                  "the best detectors first), as small PNGs"),
     # every section the pages' numbers depend on: the index shows their sha256
-    Stage("report", ("data", "train", "compute", "extract_features", "rof", "influence", "probe", "dissect",
-                     "compose", "clip_dissect", "evaluate", "report"),
-          ("model", "rof_roles", "rof_curve_train", "rof_curve_test", "dissect_layers", "tallies", "probe",
-           "influence_units", "formulas", "formula_masks", "clip_layers", "evaluation", "evaluation_metrics"),
+    Stage("report", ("data", "train", "compute", "extract_features", "rof", "layer_rof", "influence", "probe",
+                     "dissect", "compose", "clip_dissect", "evaluate", "featurevis", "report"),
+          ("model", "rof_roles", "rof_curve_train", "rof_curve_test", "layer_rof_dir", "dissect_layers", "tallies",
+           "probe", "influence_units", "formulas", "formula_masks", "clip_layers", "evaluation", "evaluation_metrics",
+           "featurevis_dir", "featurevis_metrics"),
           ("site", "units_table", "report_metrics"), optional=("evaluation", "evaluation_metrics", "evaluate"),
           comment="the unit explorer: every method's answer per unit, as a static site"),
     Stage("plot", ("plot", "train.arch"), ("rof_curve_train", "rof_curve_test", "rof_units", "rof_metrics",
@@ -212,11 +220,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
 PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
     "params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep", "layer_rof",
                     "influential_filters", "finetune_decomposed", "probe_concepts", "dissect", "dissect_report",
-                    "compose", "clip_dissect", "ablate", "evaluate", "compare_models", "report", "plot"),
+                    "compose", "clip_dissect", "ablate", "evaluate", "compare_models", "featurevis", "report", "plot"),
     # no ablate, evaluate or compare_models: the unit explorer shows every other method without them
     "cifar/params.yaml": ("check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep",
                           "layer_rof", "influential_filters", "finetune_decomposed", "probe_concepts", "dissect",
-                          "dissect_report", "compose", "clip_dissect", "report", "plot"),
+                          "dissect_report", "compose", "clip_dissect", "featurevis", "report", "plot"),
     # the study's cells need no train_log: the aggregate reads only their rof.json
     "study/params.yaml": ("check_params", "prepare_data", "train", "extract_features", "rof_sweep", "study_aggregate"),
 }
