@@ -103,9 +103,11 @@ def open_engine(compute: Compute, source: str = PARAMS_FILE) -> Iterator[LocalEn
         return
     try:
         client = distributed.Client(compute.scheduler, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError):
-        raise PipelineError(f"{source}: 'compute.scheduler' is {compute.scheduler!r}: no Dask scheduler answered "
-                            f"there within {CONNECT_TIMEOUT_S} s; start one (dask scheduler) or set it to null "
-                            f"for a local cluster") from None
+    except Exception as exc:       # nothing there (OSError, TimeoutError), or what answered speaks another protocol
+        what = f"no Dask scheduler answered there within {CONNECT_TIMEOUT_S} s" \
+            if isinstance(exc, (OSError, TimeoutError)) else \
+            f"what answered there is not a Dask scheduler ({type(exc).__name__})"
+        raise PipelineError(f"{source}: 'compute.scheduler' is {compute.scheduler!r}: {what}; start one (dask "
+                            f"scheduler) or set it to null for a local cluster") from None
     with client:
         yield DaskEngine(client, f"scheduler {compute.scheduler}")

@@ -4,6 +4,8 @@ written. On a randomly initialised ResNet18 at 32 px and 12 synthetic Broden-for
 
 import re
 import shutil
+import socket
+import threading
 
 import pytest
 import torch
@@ -102,6 +104,22 @@ def test_an_unreachable_scheduler_is_one_line(inputs_folder, monkeypatch, capsys
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: params.yaml: 'compute.scheduler' is 'tcp://127.0.0.1:9': no Dask scheduler answered there within "
         "2 s; start one (dask scheduler) or set it to null for a local cluster"]
+    # a server of another protocol on the port: what it sends is not a Dask handshake
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def answer():
+        connection, _ = server.accept()
+        connection.sendall(b"\xff" * 64)
+        connection.close()
+    threading.Thread(target=answer, daemon=True).start()
+    status = dissect_in(inputs_folder, compute={"engine": "dask", "scheduler": f"tcp://127.0.0.1:{port}"})
+    server.close()
+    assert status == (2, None)
+    assert re.fullmatch(rf"error: params.yaml: 'compute.scheduler' is 'tcp://127.0.0.1:{port}': (what answered "
+                        r"there is not a Dask scheduler \(\w+\)|no Dask scheduler answered there within 2 s); start "
+                        r"one \(dask scheduler\) or set it to null for a local cluster",
+                        capsys.readouterr().err.strip().splitlines()[-1])
 
 
 def test_dask_missing_is_one_line(inputs_folder, monkeypatch, capsys):
