@@ -80,6 +80,12 @@ def list_of(item_ok: Callable[[Any], bool], item_allowed: str, kind: Any = str) 
     return checked(list[kind], ok, f"a non-empty list of distinct values, each {item_allowed}")
 
 
+def _scheduler_address(v) -> bool:
+    host, sep, port = v.removeprefix("tcp://").rpartition(":") if isinstance(v, str) else ("", "", "")
+    return v.startswith("tcp://") and sep == ":" and _name(host) and " " not in host and port.isdigit() \
+        and 0 < int(port) < 65536
+
+
 def _device(v) -> bool:
     return isinstance(v, str) and (v in ("auto", "cpu", "cuda", "mps") or
                                    (v.startswith("cuda:") and v[5:].isdigit()))
@@ -120,6 +126,13 @@ class Compute(Section):
     precision: choice("auto", "fp32", "bf16")
     threads: checked(Union[int, str], lambda v: v == "auto" or (_is_int(v) and 1 <= v <= 256),
                      "auto or an integer from 1 to 256")
+    # where sharded passes and the study's cells run (netunits.engine): none, in this process in
+    # turn; dask, as tasks on a cluster: the scheduler at an address, or (null) a local one of
+    # `workers` processes of one thread each
+    engine: choice("none", "dask")
+    scheduler: checked(Optional[str], lambda v: v is None or _scheduler_address(v),
+                       "null (a local cluster) or a scheduler address tcp://host:port")
+    workers: int_range(1, 256)
 
 
 class DataParams(Section):
@@ -216,6 +229,7 @@ class DissectParams(Section):
     iou_threshold: float_range(0, 1)
     top_images: int_range(1, 50)
     batch_size: BatchSize
+    shards: int_range(1)                            # at most the probe's batches: checked by the stage
 
 
 CONNECTORS = ("OR", "AND", "AND NOT", "WITH", "CLOSE TO", "CLOSE")
