@@ -99,7 +99,8 @@ def code_deps(script: str, builds_model: bool, root: Path = ROOT) -> list[str]:
 
 
 def stage_code(stage: Stage, root: Path = ROOT) -> list[str]:
-    return code_deps(stage.script.replace(".", "/") + ".py", "compute" in stage.params, root)
+    reads_compute = any(p == "compute" or p.startswith("compute.") for p in stage.params)
+    return code_deps(stage.script.replace(".", "/") + ".py", reads_compute, root)
 
 
 # --------------------------------------------------------------------------------------------

@@ -120,6 +120,12 @@ RAW_DIR = Path("data/raw")
 STUDY_CELL = "artifacts/study/runs/noise{noise}_seed{seed}"
 
 
+# What every stage that runs a model reads of `compute`: not the engine keys (engine, scheduler,
+# workers), which change where the work runs and never what it writes, so changing them reruns
+# nothing.
+COMPUTE = ("compute.device", "compute.precision", "compute.threads")
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -147,56 +153,56 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                   "its output); its params are the whole file, so a misspelt section reruns it too"),
     Stage("prepare_data", ("data",), (), ("train_set", "test_set"),
           study_overrides=("data.label_noise=${item.noise}", "data.seed=${item.seed}")),
-    Stage("train", ("train", "compute"), ("train_set", "test_set"), ("model", "train_log"),
+    Stage("train", ("train", *COMPUTE), ("train_set", "test_set"), ("model", "train_log"),
           comment="Every output cached, so that `dvc checkout` restores all of them after a failed run.",
           study_overrides=("train.seed=${item.seed}",)),
     Stage("train_log", (), ("train_log",), ("history", "train_metrics"),
           comment="train's log as the committed CSV and metrics (the titled definitions under `plots:` render the\n"
                   "CSV); a train run that fails leaves them in place: DVC removes a stage's outputs only when it\n"
                   "runs that stage"),
-    Stage("extract_features", ("extract_features", "compute"), ("model", "train_set", "test_set"),
+    Stage("extract_features", ("extract_features", *COMPUTE), ("model", "train_set", "test_set"),
           ("train_features", "test_features")),
     Stage("rof_sweep", ("rof",), ("model", "train_features", "test_features"),
           ("rof_units", "rof_roles", "rof_curve_train", "rof_curve_test", "rof_counts", "rof_metrics")),
-    Stage("layer_rof", ("layer_rof", "rof.turning_point", "rof.acc_tolerance", "rof.loss_tolerance", "compute"),
+    Stage("layer_rof", ("layer_rof", "rof.turning_point", "rof.acc_tolerance", "rof.loss_tolerance", *COMPUTE),
           ("model", "train_set", "test_set"), ("layer_rof_dir", "layer_rof_metrics"),
           comment="ROF at layers with spatial maps: a grid of K refined around the turning points, roles per layer"),
     Stage("influential_filters", ("influence",), ("model", "train_features", "test_features", "rof_units", "rof_roles"),
           ("influence_sets", "influence_by_k", "influence_by_class", "influence_units", "influence_metrics")),
-    Stage("finetune_decomposed", ("finetune", "extract_features.batch_size", "compute"),
+    Stage("finetune_decomposed", ("finetune", "extract_features.batch_size", *COMPUTE),
           ("model", "train_set", "test_set", "influence_sets"), ("finetune_curve", "finetune_metrics"),
           comment="\"Decomposing the Deep\"'s last experiment: the decomposed network trained end to end; its\n"
                   "test accuracy at epoch 0 is influential_filters' at finetune.k"),
     Stage("probe_concepts", ("probe", "data.dataset", "data.source", "data.dir", "data.train_size", "data.test_size",
                              "data.selection", "data.seed", "data.image_size"), (), ("probe", "probe_figure")),
-    Stage("dissect", ("dissect.layers", "dissect.quantile", "dissect.top_images", "dissect.batch_size", "compute"),
+    Stage("dissect", ("dissect.layers", "dissect.quantile", "dissect.top_images", "dissect.batch_size", *COMPUTE),
           ("model", "probe"), ("tallies",),
           comment="the activation passes; dissect_report turns their counts into answers, so changing\n"
                   "dissect.iou_threshold reruns only the report"),
     Stage("dissect_report", ("dissect.iou_threshold",), ("model", "tallies", "probe", "rof_roles", "layer_rof_dir"),
           ("dissect_layers", "dissect_roles", "dissect_concepts_figure", "dissect_strips_figure", "dissect_metrics")),
-    Stage("compose", ("compose", "compute"), ("model", "probe", "tallies"),
+    Stage("compose", ("compose", *COMPUTE), ("model", "probe", "tallies"),
           ("formulas", "formula_masks", "compose_figure", "compose_metrics"),
           comment="compositional explanations: a formula over concepts per unit, on dissect's thresholds"),
-    Stage("clip_dissect", ("clip_dissect", "compute"), ("model", "probe", "dissect_layers"),
+    Stage("clip_dissect", ("clip_dissect", *COMPUTE), ("model", "probe", "dissect_layers"),
           ("clip_layers", "clip_descriptions", "clip_figure", "clip_metrics"),
           comment="CLIP-Dissect: open-vocabulary descriptions by soft-WPMI; the concept and weights files that\n"
                   "clip_dissect.concepts and .weights name are params, not deps (their sha256 is in the metrics)"),
-    Stage("ablate", ("ablate", "evaluate.heldout_fraction", "evaluate.seed", "dissect.layers", "compute"),
+    Stage("ablate", ("ablate", "evaluate.heldout_fraction", "evaluate.seed", "dissect.layers", *COMPUTE),
           ("model", "probe"), ("ablation",),
           comment="each dissected unit zeroed on evaluate's held-out probe images: the drop per class"),
     Stage("evaluate", ("evaluate", "dissect.layers", "dissect.quantile", "dissect.iou_threshold", "compose",
-                       "clip_dissect", "compute"),
+                       "clip_dissect", *COMPUTE),
           ("model", "probe", "tallies", "ablation", "rof_roles", "layer_rof_dir", "influence_units"),
           ("evaluation", "evaluation_metrics"),
           comment="which answers can be trusted: held-out scores, null networks, causal agreement"),
     Stage("compare_models", ("compare", "train", "data.label_noise", "data.seed", "dissect.layers", "dissect.quantile",
                              "dissect.iou_threshold", "evaluate.heldout_fraction", "evaluate.seed", "evaluate.fdr",
-                             "evaluate.min_coverage", "evaluate.batch_size", "clip_dissect.pool", "compute"),
+                             "evaluate.min_coverage", "evaluate.batch_size", "clip_dissect.pool", *COMPUTE),
           ("model", "train_set", "test_set", "probe", "train_metrics"),
           ("compare_table", "compare_figure", "compare_metrics"),
           comment="networks side by side on the probe: other training seeds, label noise, random weights"),
-    Stage("featurevis", ("featurevis", "compute"), ("model", "rof_roles", "layer_rof_dir", "dissect_layers"),
+    Stage("featurevis", ("featurevis", *COMPUTE), ("model", "rof_roles", "layer_rof_dir", "dissect_layers"),
           ("featurevis_dir", "featurevis_metrics"),
           comment="feature visualization: an input optimised per selected unit (by default units of every ROF role,\n"
                   "the best detectors first), as small PNGs"),
