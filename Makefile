@@ -55,6 +55,19 @@ $(VENV)/.clip-installed: $(VENV)/.installed requirements-clip.txt
 	$(VENV)/bin/python -m pip install -q -r requirements-clip.txt
 	touch $@
 
+# The optional extra of compute.engine dask (requirements-dask.txt): Dask's distributed scheduler,
+# for dissect's shards and the study's cells as tasks on a cluster (docs/scale.md).
+.PHONY: dask study-dask
+dask: $(VENV)/.dask-installed
+
+$(VENV)/.dask-installed: $(VENV)/.installed requirements-dask.txt
+	$(VENV)/bin/python -m pip install -q -r requirements-dask.txt
+	touch $@
+
+# The study's grid with each cell a task on study/params.yaml's compute.engine, then the aggregate
+study-dask: $(VENV)/.dask-installed
+	python -m netunits.study_engine
+
 clean-venv:
 	rm -rf $(VENV)
 

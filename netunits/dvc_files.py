@@ -1,8 +1,8 @@
 """The three DVC pipelines written from the stage table (netunits/stage_table.py):
 
 dvc.yaml         every stage, files at the project root
-cifar/dvc.yaml   the ROF (pooled and per layer), influence and fine-tuning stages on the released
-                 CIFAR-10 ResNet20, files under cifar/
+cifar/dvc.yaml   the stages on the released CIFAR-10 ResNet20 but ablate, evaluate and
+                 compare_models, files under cifar/
 study/dvc.yaml   the generalization study: the first four stages as a DVC matrix over the grid
                  of study/params.yaml (one folder per cell), and the aggregate
 docs/pipeline.md dvc.yaml's graph (mermaid) and what each stage writes
@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from netunits.stage_table import FILES, PIPELINE_STAGES, STAGES, STUDY_CELL, Stage
+from netunits.stage_table import FILES, PIPELINE_STAGES, STAGES, STUDY_CELL, Stage, pipeline_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = ("stages", "netunits")
@@ -99,7 +99,8 @@ def code_deps(script: str, builds_model: bool, root: Path = ROOT) -> list[str]:
 
 
 def stage_code(stage: Stage, root: Path = ROOT) -> list[str]:
-    return code_deps(stage.script.replace(".", "/") + ".py", "compute" in stage.params, root)
+    reads_compute = any(p == "compute" or p.startswith("compute.") for p in stage.params)
+    return code_deps(stage.script.replace(".", "/") + ".py", reads_compute, root)
 
 
 # --------------------------------------------------------------------------------------------
@@ -206,7 +207,8 @@ CIFAR_PLOTS: list[Plot | str] = [
          "", "units per class (k)", "accuracy / share still predicted"),
     Plot("Fine-tuning the decomposed network, ResNet20 on CIFAR-10", "linear", "epoch",
          {"finetune_curve": ["test_accuracy", "full_accuracy"]}, "", "epoch, 0 before training", "test accuracy"),
-    "rof_figure", "categories_figure",
+    "rof_figure", "categories_figure", "probe_figure", "dissect_concepts_figure", "dissect_strips_figure",
+    "clip_figure", "compose_figure",
 ]
 
 STUDY_PLOTS: list[Plot | str] = [
@@ -246,8 +248,8 @@ def cifar_pipeline() -> str:
                      + GENERATED, "") + ["stages:"]
     for name in CIFAR_STAGES:
         cmd = [f"    cmd: python -m {STAGES[name].script} --params cifar/params.yaml --run-dir cifar"]
-        lines += _stage(STAGES[name], name, cmd, "cifar/", "cifar/params.yaml", head=["    wdir: .."],
-                        checked="cifar/" + CHECKED) + [""]
+        lines += _stage(pipeline_stage(name, "cifar/params.yaml"), name, cmd, "cifar/", "cifar/params.yaml",
+                        head=["    wdir: .."], checked="cifar/" + CHECKED) + [""]
     return "\n".join(lines + ["plots:"] + _plots(CIFAR_PLOTS, "")) + "\n"
 
 

@@ -132,7 +132,8 @@ def random_transform(image: torch.Tensor, transforms: dict, generator: torch.Gen
 
 def to_model_input(image: torch.Tensor, input_spec: dict | None) -> torch.Tensor:
     """Images in [0, 1] -> the model's input: grey repeated to its channels, normalised as its
-    checkpoint records (the float path of netunits.models.inputs.images_to_input)."""
+    checkpoint records (the float path of netunits.models.inputs.images_to_input), channels last
+    (with a channels-last model, half the time of a contiguous batch on the CPU)."""
     channels = input_spec["channels"] if input_spec else 3
     if image.shape[1] != channels:
         image = image.expand(-1, channels, -1, -1)
@@ -140,7 +141,7 @@ def to_model_input(image: torch.Tensor, input_spec: dict | None) -> torch.Tensor
         mean = torch.tensor(input_spec["mean"], device=image.device).view(1, -1, 1, 1)
         std = torch.tensor(input_spec["std"], device=image.device).view(1, -1, 1, 1)
         image = (image - mean) / std
-    return image
+    return image.contiguous(memory_format=torch.channels_last)
 
 
 def _unit_means(output, units):

@@ -80,6 +80,12 @@ def list_of(item_ok: Callable[[Any], bool], item_allowed: str, kind: Any = str) 
     return checked(list[kind], ok, f"a non-empty list of distinct values, each {item_allowed}")
 
 
+def _scheduler_address(v) -> bool:
+    host, sep, port = v.removeprefix("tcp://").rpartition(":") if isinstance(v, str) else ("", "", "")
+    return v.startswith("tcp://") and sep == ":" and _name(host) and " " not in host and port.isdigit() \
+        and 0 < int(port) < 65536
+
+
 def _device(v) -> bool:
     return isinstance(v, str) and (v in ("auto", "cpu", "cuda", "mps") or
                                    (v.startswith("cuda:") and v[5:].isdigit()))
@@ -120,6 +126,13 @@ class Compute(Section):
     precision: choice("auto", "fp32", "bf16")
     threads: checked(Union[int, str], lambda v: v == "auto" or (_is_int(v) and 1 <= v <= 256),
                      "auto or an integer from 1 to 256")
+    # where sharded passes and the study's cells run (netunits.engine): none, in this process in
+    # turn; dask, as tasks on a cluster: the scheduler at an address, or (null) a local one of
+    # `workers` processes of one thread each
+    engine: choice("none", "dask")
+    scheduler: checked(Optional[str], lambda v: v is None or _scheduler_address(v),
+                       "null (a local cluster) or a scheduler address tcp://host:port")
+    workers: int_range(1, 256)
 
 
 class DataParams(Section):
@@ -202,10 +215,12 @@ class FinetuneParams(Section):
 
 
 class ProbeParams(Section):
-    source: choice("mnist", "broden")
+    source: choice("mnist", "cifar10", "broden")
     dir: checked(str, _name, "a folder path (read when source is broden)")
     size: int_range(1)
     mask_size: int_range(8, 448)
+    # source cifar10: how pixels get one of the eleven basic colour terms (netunits.concepts_colour.COLOUR_RULES)
+    colour_rule: choice("xkcd_names", "xkcd_basic")
 
 
 class DissectParams(Section):
@@ -214,6 +229,7 @@ class DissectParams(Section):
     iou_threshold: float_range(0, 1)
     top_images: int_range(1, 50)
     batch_size: BatchSize
+    shards: int_range(1)                            # at most the probe's batches: checked by the stage
 
 
 CONNECTORS = ("OR", "AND", "AND NOT", "WITH", "CLOSE TO", "CLOSE")
@@ -297,6 +313,27 @@ class CompareParams(Section):
     dpi: Dpi
 
 
+class FeaturevisParams(Section):
+    """Feature visualization (stage featurevis): an input optimised per selected unit of `layer`."""
+    layer: Name                                     # a module of the model: checked by the stage
+    # default: n_units units covering every ROF role of the layer, the best detectors first
+    units: checked(Union[Literal["default", "all"], list[int]],
+                   lambda v: v in ("default", "all") or (isinstance(v, list) and len(v) > 0 and
+                                                         all(_is_int(x) and x >= 0 for x in v) and
+                                                         len(set(v)) == len(v)),
+                   "default, all or a non-empty list of distinct unit indices >= 0")
+    n_units: int_range(1)
+    steps: int_range(1, 100000)
+    size: checked(Union[int, Literal["auto"]],
+                  lambda v: v == "auto" or (_is_int(v) and MIN_IMAGE_SIZE <= v <= MAX_IMAGE_SIZE),
+                  f"auto or an integer from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}")
+    lr: float_range(0, 1, lo_open=True)
+    transforms: choice("standard", "none")
+    decorrelate: checked(bool, lambda v: isinstance(v, bool), "true or false")
+    seed: Seed
+    batch_size: BatchSize
+
+
 class ReportParams(Section):
     thumbnail: int_range(16, 224)
 
@@ -334,6 +371,7 @@ class Params(BaseModel):
     evaluate: Optional[EvaluateParams] = None
     ablate: Optional[AblateParams] = None
     compare: Optional[CompareParams] = None
+    featurevis: Optional[FeaturevisParams] = None
     report: Optional[ReportParams] = None
     plot: Optional[PlotParams] = None
     grid: Optional[GridParams] = None

@@ -132,8 +132,9 @@ def ratios_figure(rows, noise_levels, definition, corr, metric_names=("acc", "lo
     return figure
 
 
-def probe_figure(images, masks, names):
-    """A few probe images (uint8 N x S x S) and their pixel-level concept masks (bool N x C x M x M)."""
+def probe_figure(images, masks, names, what="digits"):
+    """A few probe images (uint8 N x S x S grey or N x S x S x 3) and their pixel-level concept masks
+    (bool N x C x M x M); `what` the probe's images are, for the title."""
     n, n_concepts = masks.shape[:2]
     figure, axes = plt.subplots(n, n_concepts + 1, figsize=(1.1 * (n_concepts + 1), 1.2 * n), squeeze=False)
     for row in range(n):
@@ -145,7 +146,7 @@ def probe_figure(images, masks, names):
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    figure.suptitle("Probe digits and their concept masks")
+    figure.suptitle(f"Probe {what} and their concept masks")
     figure.tight_layout()
     return figure
 

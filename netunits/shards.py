@@ -18,8 +18,9 @@ batches the single pass runs: the same image's fp32 maps can differ in the last 
 batch they are computed in (a convolution's kernel and summation order may depend on the batch
 size), and whole batches keep the merged results bit-equal to the single pass's, not only close.
 
-The *_in_shards functions run every shard here in turn and merge; an engine that runs the shards
-elsewhere calls the same per-shard and merge functions.
+The *_in_shards functions run every shard here in turn and merge; netunits.dissect_engine runs
+dissect's two rounds of shard tasks on the engine compute.engine names, with the same per-shard
+and merge functions. shard_ranges (netunits.shard_ranges) cuts the probe images into shards.
 """
 from __future__ import annotations
 
@@ -41,27 +42,7 @@ from netunits.api.dissect import (
     shards_in_order,
     threshold_shard,
 )
-from netunits.errors import PipelineError
-
-
-def shard_ranges(n_images: int, shards: int, batch_size: int = 1, key: str = "shards", source: str = "params.yaml",
-                 batch_key: str | None = None) -> list[tuple[int, int]]:
-    """`shards` contiguous (start, stop) runs of images 0 .. n_images - 1, each of whole batches of
-    batch_size (the last batch may be short), as even as can be: the first shards hold one batch
-    more. key and batch_key name the params in the one-line error."""
-    batches = -(-n_images // batch_size)
-    if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= batches:
-        batched = "" if batch_size == 1 else \
-            f", {batches} batches of {batch_size}" + (f" ('{batch_key}')" if batch_key else "")
-        raise PipelineError(f"{source}: '{key}' is {shards!r}: the probe has {n_images} images{batched}; "
-                            f"it must be from 1 to {batches}")
-    per_shard, extra = divmod(batches, shards)
-    ranges, first = [], 0
-    for shard in range(shards):
-        last = first + per_shard + (shard < extra)
-        ranges.append((first * batch_size, min(n_images, last * batch_size)))
-        first = last
-    return ranges
+from netunits.shard_ranges import shard_ranges
 
 
 def dissect_in_shards(inputs: DissectInputs, config: Any, runtime: Any, shards: int,

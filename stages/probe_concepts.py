@@ -2,11 +2,13 @@
 
 probe.source mnist: the first probe.size official MNIST test digits that the ROF test subset
 does not use (with data.selection first: those after it), at data.image_size, with the concepts of
-netunits/concepts.py computed at probe.mask_size. probe.source broden: the first probe.size
-images of a Broden-format folder (probe.dir; netunits/data/broden.py). Reads params `probe`
-and `data`; writes
+netunits/concepts.py computed at probe.mask_size. probe.source cifar10: the first probe.size
+CIFAR-10 training images that the ROF training subset does not use, with the colour (named by
+probe.colour_rule), edge, lightness, texture and position masks and the image-level labels of
+netunits/concepts_colour.py. probe.source broden: the first probe.size images of a Broden-format
+folder (probe.dir; netunits/data/broden.py). Reads params `probe` and `data`; writes
 data/probe/probe.pt (netunits/data/probe.py) and artifacts/plots/probe_concepts.png (a few
-digits and their masks).
+images and their masks).
 """
 from netunits.api.probe_concepts import load_probe_concepts_inputs, run_probe_concepts, write_probe_concepts
 from netunits.files import remove_stale_temps

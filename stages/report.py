@@ -2,15 +2,19 @@
 system, and the same table as artifacts/units.csv.
 
 One row per unit of the block that feeds the final layer (ROF's units; `last_block` of the
-checkpoint's architecture) with its ROF roles and ranks, its dissection concept and IoU, the
-classes it is influential for, its compositional formula and its CLIP-Dissect description; a page
-per unit (its top images with its mask and its formula's, its activation histogram, its place on
-the ROF curves) and a page per method's own table, linked both ways. The index records the
+checkpoint's architecture) with its ROF roles and ranks, its own ROF role at the layer (layer_rof's;
+"not computed" where layer_rof.layers does not list it), its dissection concept and IoU, the
+classes it is influential for, its compositional formula, its CLIP-Dissect description and, for
+the units featurevis visualized, a thumbnail of its feature visualization; a page per unit (its
+top images with its mask and its feature visualization beside them, its formula's mask, its
+activation histogram, its place on the ROF curves) and a page per method's own table, linked both
+ways. The index records the
 checkpoint's sha256, a sha256 of the params in effect and the CPU.
 
 Reads params `report` (thumbnail), ROF's unit roles and curves (needed) and, where present,
-dissection's tables and tallies with the probe set, the influence table, the formulas with their
-masks, CLIP-Dissect's table and the evaluate stage's tables and metrics (beside each method's
+dissection's tables and tallies with the probe set, layer_rof's roles of the layer, the influence
+table, the formulas with their masks, CLIP-Dissect's table, featurevis' images and the evaluate
+stage's tables and metrics (beside each method's
 answer its held-out AUC and significance against the null networks; on the index a scoreboard per
 method and layer; on each unit's page its scores, p values and causal effect). A method's output
 that is missing, made from another checkpoint or without the layer is named on the index and its

@@ -31,6 +31,7 @@ TINY_PARAMS["compose"].update(batch_size=30)
 TINY_PARAMS["clip_dissect"].update(soft_wpmi_top_k=10, wpmi_top_k=5, batch_size=30)  # 60 probe images
 TINY_PARAMS["ablate"].update(images_per_class=2)
 TINY_PARAMS["compare"].update(train_seeds=[1], batch_size=30)
+TINY_PARAMS["featurevis"].update(n_units=6, steps=4)          # 6 units covering the roles, 4 Adam steps
 
 
 def tiny_params(**sections):
@@ -134,6 +135,7 @@ def tiny_run(tmp_path_factory):
         dissect_report,
         evaluate,
         extract_features,
+        featurevis,
         influential_filters,
         plot,
         prepare_data,
@@ -147,7 +149,8 @@ def tiny_run(tmp_path_factory):
     write_params(folder, TINY_PARAMS)
     with working_dir(folder):
         for stage in (check_params, prepare_data, train, train_log, extract_features, rof_sweep, influential_filters,
-                      plot, probe_concepts, dissect, dissect_report, compose, clip_dissect, ablate, evaluate, report):
+                      plot, probe_concepts, dissect, dissect_report, compose, clip_dissect, ablate, evaluate,
+                      featurevis, report):
             assert run_main(stage.main) == 0, stage.__name__
     return folder
 

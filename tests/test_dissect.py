@@ -102,3 +102,33 @@ def test_the_library_calls_give_what_the_stages_wrote(dissected):
     assert report.summary().startswith("layer2: ") and len(report.summary().splitlines()) == 3
     close(report.concepts_figure)
     close(report.strips_figure)
+
+
+def test_each_layers_table_joins_its_own_layer_rof_roles(dissected, capsys):
+    from netunits.files import write_csv
+    # the tiny run's layer_rof ran on no layer here: every table says so in words
+    for layer in ("layer2", "layer3", "layer4"):
+        table = read_csv(dissected / f"artifacts/dissect/layers/{layer}.csv", numeric=False)
+        assert set(table["layer_role_acc"]) == {"not computed"} == set(table["layer_role_loss"])
+    # a layer_rof table of layer3 joins layer3's rows, its detectors per role in the metrics
+    acc = ["both", "neither", "test_only", "train_only"] * 64
+    write_csv([{"unit": u, "rank_train": u + 1, "category_acc": acc[u], "category_loss": "both"} for u in range(256)],
+              dissected / "artifacts/layer_rof/layer3_roles.csv")
+    assert run_main(dissect_report.main) == 0
+    layer3 = read_csv(dissected / "artifacts/dissect/layers/layer3.csv", numeric=False)
+    assert layer3["layer_role_acc"] == acc and set(layer3["layer_role_loss"]) == {"both"}
+    assert list(layer3)[-2:] == ["layer_role_acc", "layer_role_loss"]
+    assert set(read_csv(dissected / "artifacts/dissect/layers/layer2.csv", numeric=False)["layer_role_acc"]) == \
+        {"not computed"}
+    metrics = json.loads((dissected / "artifacts/metrics/dissect.json").read_text())
+    by_role = metrics["layers"]["layer3"]["by_layer_role"]
+    assert {role: entry["units"] for role, entry in by_role.items()} == \
+        {"both": 64, "train_only": 64, "test_only": 64, "neither": 64}
+    assert "by_layer_role" not in metrics["layers"]["layer2"]
+    # a table that is not the layer's channels stops the stage with one line
+    write_csv([{"unit": u, "category_acc": "both", "category_loss": "both"} for u in range(10)],
+              dissected / "artifacts/layer_rof/layer3_roles.csv")
+    capsys.readouterr()
+    assert run_main(dissect_report.main) == 2
+    assert capsys.readouterr().err == ("error: artifacts/layer_rof/layer3_roles.csv: not a role per channel for the "
+                                       "256 channels of layer3; rerun `dvc repro layer_rof`\n")

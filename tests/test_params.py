@@ -51,7 +51,7 @@ def test_default_tiny_and_study_params_are_valid():
     ("rof", "acc_tolerance", -0.1, "'rof.acc_tolerance' is -0.1"),
     ("dissect", "quantile", 1.0, "'dissect.quantile' is 1.0; it must be a number in (0, 1)"),
     ("dissect", "quantile", 0, "'dissect.quantile' is 0; it must be a number in (0, 1)"),
-    ("probe", "source", "coco", "'probe.source' is 'coco'; it must be one of mnist, broden"),
+    ("probe", "source", "coco", "'probe.source' is 'coco'; it must be one of mnist, cifar10, broden"),
     ("influence", "k_image", 0, "'influence.k_image' is 0; it must be same or an integer >= 1"),
     ("evaluate", "heldout_fraction", 1.0, "'evaluate.heldout_fraction' is 1.0; it must be a number in (0, 1)"),
     ("evaluate", "heldout_fraction", 0, "'evaluate.heldout_fraction' is 0; it must be a number in (0, 1)"),

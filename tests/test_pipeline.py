@@ -16,7 +16,7 @@ from conftest import ENV, ROOT, dvc, lock_hashes, scratch_repo, sh, stages_run, 
 
 STAGES = ["check_params", "prepare_data", "train", "train_log", "extract_features", "rof_sweep", "layer_rof",
           "influential_filters", "finetune_decomposed", "plot", "probe_concepts", "dissect", "dissect_report",
-          "compose", "clip_dissect", "evaluate", "report"]
+          "compose", "clip_dissect", "ablate", "evaluate", "compare_models", "featurevis", "report"]
 UP_TO_DATE = "Data and pipelines are up to date."
 
 
@@ -68,9 +68,10 @@ def test_every_stages_console_lines_are_readable(repo):
         for line in lines:
             # no raw Python dict or set, no clause left dangling
             assert "{" not in line and "}" not in line and not line.rstrip().endswith((";", ",", ":")), (stage, line)
-    assert stage_output(log, "check_params") == ["params.yaml: 15 sections valid (compute, data, train, "
+    assert stage_output(log, "check_params") == ["params.yaml: 18 sections valid (compute, data, train, "
                                                  "extract_features, rof, layer_rof, influence, finetune, probe, "
-                                                 "dissect, compose, clip_dissect, evaluate, report, plot)"]
+                                                 "dissect, compose, clip_dissect, evaluate, ablate, compare, "
+                                                 "featurevis, report, plot)"]
     assert re.fullmatch(r"k=5: decomposed test accuracy [\d.]+ before, [\d.]+ after \d+ epochs? on \d+ images; "
                         r"full network [\d.]+; \d+ s fine-tuning and evaluating",
                         stage_output(log, "finetune_decomposed")[0])
@@ -102,12 +103,14 @@ def test_a_rof_param_reruns_only_rof_sweep_and_the_stages_that_read_it(repo):
         ran = stages_run(dvc(repo, "repro").stdout)
         # check_params reads the whole file, and writes what it wrote before
         assert ran[:2] == ["check_params", "rof_sweep"]
-        assert sorted(ran[2:]) == ["dissect_report", "evaluate", "influential_filters", "plot", "report"]
+        assert sorted(ran[2:]) == ["dissect_report", "evaluate", "featurevis", "influential_filters", "plot",
+                                   "report"]
         write_params(repo, tiny_params(rof={"ranking": "ascending"}, train={"lr": 0.002}))
         # A dry run names the stages whose own deps changed (what follows depends on train's new
-        # outputs): the check, train, and report, which reads every section for the params hash
-        # on its index; never prepare_data.
-        assert stages_run(dvc(repo, "repro", "--dry").stdout) == ["check_params", "train", "report"]
+        # outputs): the check, train, compare_models (which trains again with other seeds) and
+        # report, which reads every section for the params hash on its index; never prepare_data.
+        assert sorted(stages_run(dvc(repo, "repro", "--dry").stdout)) == ["check_params", "compare_models", "report",
+                                                                          "train"]
     finally:
         write_params(repo, tiny_params())
         dvc(repo, "repro")
@@ -117,12 +120,12 @@ def test_a_rof_param_reruns_only_rof_sweep_and_the_stages_that_read_it(repo):
 def test_the_iou_threshold_reruns_only_the_dissection_report(repo):
     write_params(repo, tiny_params(dissect={"iou_threshold": 0.2}))
     try:
-        # the report and clip_dissect read the dissection tables, so they follow when those change;
-        # evaluate counts the units at the threshold, beside dissect_report
+        # the report, clip_dissect and featurevis read the dissection tables, so they follow when
+        # those change; evaluate and compare_models count the units at the threshold
         ran = stages_run(dvc(repo, "repro").stdout)
         assert ran[0] == "check_params", ran
-        followers = {"dissect_report", "evaluate", "clip_dissect", "report"}
-        assert {"dissect_report", "evaluate"} <= set(ran[1:]) <= followers, ran
+        followers = {"dissect_report", "evaluate", "compare_models", "clip_dissect", "featurevis", "report"}
+        assert {"dissect_report", "evaluate", "compare_models"} <= set(ran[1:]) <= followers, ran
     finally:
         write_params(repo, tiny_params())
         dvc(repo, "repro")

@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from conftest import run_main
-from netunits.api.report import MethodTable, ReportInputs, RunRecord, classes_text, formula_concepts, run_report
-from netunits.files import file_sha256, read_csv
+from netunits.api.report import (
+    FeatureVis,
+    MethodTable,
+    ReportInputs,
+    RunRecord,
+    classes_text,
+    formula_concepts,
+    run_report,
+)
+from netunits.files import file_sha256, read_csv, write_csv
 from netunits.report import curve_chart, histogram_chart, mark
 from stages import report
 
@@ -154,6 +162,42 @@ def test_evaluation_columns_marks_scoreboard_and_unit_tables_from_tables_in_memo
     assert "scoreboard" not in plain.files["index.html"] and "evaluate" not in plain.files["units/0.html"]
 
 
+def test_layer_roles_and_feature_visualization_from_tables_in_memory():
+    layer_roles = {"layer_role_acc": ["test_only", "both", "both"], "layer_role_loss": ["both", "neither", "both"]}
+    vis = FeatureVis({0: b"\x89PNG zero", 2: b"\x89PNG two"}, {0: 1.5, 2: 0.25}, "default, 2 of 3 units")
+    result = run_report(three_units(layer_roles=layer_roles, featurevis=vis), SimpleNamespace(thumbnail=64))
+    assert [row["layer_role_acc"] for row in result.rows] == ["test_only", "both", "both"]
+    assert [row["layer_role_loss"] for row in result.rows] == ["both", "neither", "both"]
+    assert [row["featurevis_activation"] for row in result.rows] == [1.5, "", 0.25]
+    # the layer's roles right after the pooled units' ROF columns, in units.csv and on the index
+    assert list(result.rows[0])[:7] == ["unit", "role", "role_loss", "rank_train", "rank_test", "layer_role_acc",
+                                        "layer_role_loss"]
+    index = result.files["index.html"]
+    assert '<tr id="unit-0" data-role="both" data-layer-role="test_only"' in index
+    assert '<select id="layer-role"><option value="">all</option>\n<option value="both">' in index
+    assert '<option value="not computed">' not in index
+    # a thumbnail where featurevis ran, linking to the page; a word where it did not
+    assert ('<td data-value="1.5" class="thumb" title="feature visualization: mean activation 1.5"><a '
+            'href="units/0.html"><img src="featurevis/0.png" alt="activation 1.5" loading="lazy"></a></td>') in index
+    assert '<td data-value="">not selected</td>' in index
+    assert result.files["featurevis/0.png"] == b"\x89PNG zero" and "featurevis/1.png" not in result.files
+    page = result.files["units/0.html"]
+    assert '<img src="../featurevis/0.png" width="64" height="64" alt="feature visualization of unit 0">' in page
+    assert "reaching 1.5" in page and "<th>layer ROF role (accuracy)</th><td>test_only</td>" in page
+    page = result.files["units/1.html"]
+    assert "feature visualization not selected: featurevis.units visualized default, 2 of 3 units" in page
+    assert "<img src=\"../featurevis" not in page
+    # a unit silent on the starting image got no gradient: its page says why its image is grey
+    silent = FeatureVis({1: b"\x89PNG one"}, {1: 0.0}, "list, 1 of 3 units")
+    page = run_report(three_units(featurevis=silent), SimpleNamespace(thumbnail=64)).files["units/1.html"]
+    assert "its activation stayed 0: the unit is silent on the starting image, so no gradient reached it" in page
+    # the layer not computed by layer_rof: said in words, and a filter option of its own
+    missing = {key: ["not computed"] * 3 for key in layer_roles}
+    index = run_report(three_units(layer_roles=missing), SimpleNamespace(thumbnail=64)).files["index.html"]
+    assert '<option value="not computed">not computed</option>' in index and ">not computed</td>" in index
+    assert "featurevis" not in index
+
+
 def test_curve_and_histogram_geometry():
     chart = mark(curve_chart([0.0, 0.5, 1.0], "train"), rank=0, unit=7)
     assert chart["points"] == f"{chart['left']:.1f},{chart['bottom']:.1f} " \
@@ -234,6 +278,58 @@ def test_index_unit_pages_metrics_and_size(reported, capsys):
             if entry.get("causal_agreement") is not None:
                 assert f'data-value="{entry["causal_agreement"]}"' in board
     assert "<th>held-out AUC</th>" in (reported / "artifacts/report/units/0.html").read_text()
+
+
+def write_layer4_roles(folder, n=512):
+    """A layer_rof table of layer4 (the tiny run's layer4 is 1 x 1, which layer_rof refuses): the
+    pooled units' roles shifted by one unit, so that they differ from them."""
+    roles = read_csv(folder / "artifacts/rof/unit_roles.csv", numeric=False)
+    shifted = {key: roles[key][1:] + roles[key][:1] for key in ("category_acc", "category_loss")}
+    write_csv([{"unit": u, "category_acc": shifted["category_acc"][u], "category_loss": shifted["category_loss"][u]}
+               for u in range(n)], folder / "artifacts/layer_rof/layer4_roles.csv")
+    return shifted
+
+
+def test_layer_roles_and_feature_visualizations_of_the_tiny_run(reported):
+    units = read_csv(reported / "artifacts/units.csv", numeric=False)
+    # the tiny run's layer_rof lists layer3 only: layer4's own roles are said to be not computed
+    assert set(units["layer_role_acc"]) == {"not computed"} == set(units["layer_role_loss"])
+    index = (reported / "artifacts/report/index.html").read_text()
+    assert index.count('data-layer-role="not computed"') == 512
+    table = read_csv(reported / "artifacts/featurevis/units.csv", numeric=False)
+    selected = [int(u) for u in table["unit"]]
+    assert [u for u, v in enumerate(units["featurevis_activation"]) if v] == selected and len(selected) == 6
+    assert [float(units["featurevis_activation"][u]) for u in selected] == [float(v) for v in table["activation"]]
+    assert len(re.findall(r'<img src="featurevis/\d+.png"', index)) == 6 and index.count(">not selected</td>") == 506
+    for u in selected:
+        site = reported / f"artifacts/report/featurevis/{u}.png"
+        assert site.read_bytes() == (reported / f"artifacts/featurevis/layer4/{u}.png").read_bytes()
+        assert f'<img src="../featurevis/{u}.png"' in (reported / f"artifacts/report/units/{u}.html").read_text()
+    other = next(u for u in range(512) if u not in selected)
+    assert "feature visualization not selected: featurevis.units visualized default, 6 of 512 units" in \
+        (reported / f"artifacts/report/units/{other}.html").read_text()
+    # a layer_rof table of layer4 joins every unit's row and page
+    shifted = write_layer4_roles(reported)
+    assert run_main(report.main) == 0
+    units = read_csv(reported / "artifacts/units.csv", numeric=False)
+    assert units["layer_role_acc"] == shifted["category_acc"] and units["layer_role_loss"] == shifted["category_loss"]
+    assert f"<th>layer ROF role (loss)</th><td>{shifted['category_loss'][7]}</td>" in \
+        (reported / "artifacts/report/units/7.html").read_text()
+    # one of another size is named, and the roles are said to be not computed
+    write_layer4_roles(reported, n=10)
+    assert run_main(report.main) == 0
+    index = (reported / "artifacts/report/index.html").read_text()
+    assert ("ROF roles at layer4 (layer_rof) left out: artifacts/layer_rof/layer4_roles.csv: not a role per channel "
+            "for the 512 channels of layer4; rerun `dvc repro layer_rof`") in index
+    assert set(read_csv(reported / "artifacts/units.csv", numeric=False)["layer_role_acc"]) == {"not computed"}
+    # feature visualizations of another checkpoint are left out, with a note
+    metrics = reported / "artifacts/metrics/featurevis.json"
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "checkpoint_sha256": "0" * 64}))
+    assert run_main(report.main) == 0
+    index = (reported / "artifacts/report/index.html").read_text()
+    assert ("feature visualization left out: artifacts/metrics/featurevis.json: made from another checkpoint than "
+            "artifacts/train/model.pt; rerun `dvc repro featurevis`") in index
+    assert "featurevis_activation" not in index and not (reported / "artifacts/report/featurevis").exists()
 
 
 def test_a_missing_method_or_another_checkpoint_leaves_its_columns_out(reported):
@@ -341,6 +437,16 @@ def test_the_report_in_headless_chromium(reported, tmp_path):
     unit_page = reported / "artifacts/report/units/0.html"
     dom = chromium(tmp_path, "--dump-dom", unit_page.as_uri())
     assert '<img src="0.png"' in dom and (unit_page.parent / "0.png").stat().st_size > 0
+    # the layer's own ROF role filters like the pooled units' role; the page shows the visualization
+    shifted = write_layer4_roles(reported)["category_acc"]
+    assert run_main(report.main) == 0
+    dom = chromium(tmp_path, "--dump-dom", index.as_uri() + "#layer_role=neither&role=both")
+    assert visible_units(dom) == [u for u in range(512) if shifted[u] == "neither" and roles[u] == "both"]
+    dom = chromium(tmp_path, "--dump-dom", index.as_uri() + "#layer_role=nether")
+    assert visible_units(dom) == [] and 'the link asks for layer ROF role "nether", which no unit has' in dom
+    unit = read_csv(reported / "artifacts/featurevis/units.csv", numeric=False)["unit"][0]
+    dom = chromium(tmp_path, "--dump-dom", (reported / f"artifacts/report/units/{unit}.html").as_uri())
+    assert f'<img src="../featurevis/{unit}.png"' in dom
     screenshot = tmp_path / "index.png"
     chromium(tmp_path, f"--screenshot={screenshot}", "--window-size=1200,900", index.as_uri())
     assert screenshot.read_bytes().startswith(b"\x89PNG")

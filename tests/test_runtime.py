@@ -87,16 +87,21 @@ def test_errors_name_the_params_file_the_stage_reads(tmp_path, capsys):
     assert capsys.readouterr().err == f"error: {params}: 'train.epochs' is -1; it must be an integer from 0 to 1000\n"
 
 
+def compute(**keys):
+    """A compute section with these keys and the engine's defaults."""
+    return Compute(engine="none", scheduler=None, workers=2, **keys)
+
+
 def test_resolve_compute_keeps_the_analysis_stages_in_fp32_under_auto():
-    cpu = runtime.resolve_compute(Compute(device="cpu", precision="auto", threads="auto"), analysis=True)
+    cpu = runtime.resolve_compute(compute(device="cpu", precision="auto", threads="auto"), analysis=True)
     assert cpu == runtime.Runtime(torch.device("cpu"), "fp32")
-    training = runtime.resolve_compute(Compute(device="cpu", precision="auto", threads="auto"), analysis=False)
+    training = runtime.resolve_compute(compute(device="cpu", precision="auto", threads="auto"), analysis=False)
     assert training.precision == runtime.choose_precision("auto", torch.device("cpu"))
-    assert runtime.resolve_compute(Compute(device="cpu", precision="bf16", threads="auto"), analysis=True).precision \
+    assert runtime.resolve_compute(compute(device="cpu", precision="bf16", threads="auto"), analysis=True).precision \
         == "bf16"
     threads = torch.get_num_threads()
     try:
-        runtime.resolve_compute(Compute(device="cpu", precision="fp32", threads=1), analysis=False)
+        runtime.resolve_compute(compute(device="cpu", precision="fp32", threads=1), analysis=False)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
@@ -105,4 +110,4 @@ def test_resolve_compute_keeps_the_analysis_stages_in_fp32_under_auto():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_missing_device_names_compute_and_the_file():
     with pytest.raises(PipelineError, match=r"^cifar/params.yaml: 'compute.device' is 'cuda' but no CUDA device"):
-        runtime.resolve_compute(Compute(device="cuda", precision="auto", threads="auto"), False, "cifar/params.yaml")
+        runtime.resolve_compute(compute(device="cuda", precision="auto", threads="auto"), False, "cifar/params.yaml")

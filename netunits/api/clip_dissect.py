@@ -190,9 +190,17 @@ def run_clip_dissect(inputs: ClipDissectInputs, config: Any, runtime: Any,
         scores = images @ texts.T
     else:
         scores = probe_annotation_matrix(probe, names, config.annotation_quantile)
+    # an annotated concept on no probe image (CIFAR-10's dominant_orange) describes nothing, yet
+    # soft-WPMI's -lambda log P(c) would not penalise it: it would win wherever the others' lift is below 1
+    absent = [name for name, column in zip(names, scores.T) if not bool(column.any())] \
+        if config.source == "annotations" else []
+    if absent:
+        kept = [i for i, name in enumerate(names) if name not in absent]
+        names, scores = [names[i] for i in kept], scores[:, kept]
 
     tables, counts = {}, {}
     metrics = {"source": config.source, "similarity": method, "pool": config.pool, "concepts": len(names),
+               "absent_concepts": absent,
                "concepts_sha256": inputs.concepts_sha256,
                "weights_sha256": file_sha256(config.weights) if config.source == "clip" else None,
                "probe_images": n_images, "layers": {}}

@@ -253,7 +253,10 @@ def dissect_result(inputs: DissectInputs, config: Any, thresholds: DissectThresh
     probe = inputs.probe
     category = [probe["categories"].index(c["category"]) for c in probe["concepts"]]
     per_layer = {}
-    for name, c in counts.counts.items():
+    # keyed by config.layers' own strings: the file's pickle then refers back to the `layers` list's
+    # names whether the shards' results were made here or came back pickled from elsewhere
+    for name in config.layers:
+        c = counts.counts[name]
         _, images, maps = counts.top_images[name]
         # each layer its own category tensor, as the tallies file has always held
         per_layer[name] = LayerTallies(thresholds.thresholds[name], c["intersection"], c["unit_area"],

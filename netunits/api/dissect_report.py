@@ -1,10 +1,11 @@
 """Network dissection's answers from the tallies (stage dissect_report) as one call: per unit its
 best concepts and IoU, the detectors (best IoU at or above the config's iou_threshold), unique
-concepts per layer, the units of the block ROF's units pool joined with ROF's roles, and the
-figures (detectors per concept, and the image strips of the strongest units)."""
+concepts per layer, the units of the block ROF's units pool joined with ROF's roles, each layer's
+channels joined with their own ROF roles where layer_rof computed that layer ("not computed"
+otherwise), and the figures (detectors per concept, and the image strips of the strongest units)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,6 +15,7 @@ from netunits.api.dissect import DissectResult, LayerTallies
 from netunits.data.probe import load_probe
 from netunits.errors import PipelineError
 from netunits.files import load_checked, read_csv, remove_stale_temps, write_csv, write_json
+from netunits.layer_roles import read_layer_roles, roles_or_not_computed
 from netunits.methods.dissection import detector_summary, detectors_per_concept, role_summary, unit_masks, unit_rows
 from netunits.methods.rof import CATEGORIES
 from netunits.models.checkpoint import load_checkpoint_file
@@ -30,6 +32,8 @@ class DissectReportInputs:
     roles: dict[str, list[str]]        # ROF's unit table (artifacts/rof/unit_roles.csv), one row per unit
     images: torch.Tensor               # the probe images, uint8 N x C x S x S (for the strips)
     rof_layer: str                     # the dissected block whose channels are ROF's units
+    # layer_rof's roles per dissected layer it computed (netunits.layer_roles.read_layer_roles)
+    layer_roles: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,7 +78,12 @@ def load_dissect_report_inputs(paths: Mapping[str, Path], source: str = "params.
     if len(roles["unit"]) != n_units:
         raise PipelineError(f"{paths['rof_roles']}: {len(roles['unit'])} units, but {rof_layer} has {n_units}; "
                             f"rerun `dvc repro rof_sweep`")
-    return DissectReportInputs(tallies, roles, load_probe(paths["probe"])["images"], rof_layer)
+    layer_roles = {}
+    for layer, t in tallies.per_layer.items():
+        found = read_layer_roles(paths["layer_rof_dir"], layer, len(t.thresholds))
+        if found is not None:
+            layer_roles[layer] = found
+    return DissectReportInputs(tallies, roles, load_probe(paths["probe"])["images"], rof_layer, layer_roles)
 
 
 def picture(image: torch.Tensor):
@@ -98,15 +107,24 @@ def _strips(inputs: DissectReportInputs, rows: list[dict], threshold: float):
 
 
 def run_dissect_report(inputs: DissectReportInputs, config: Any) -> DissectReportResult:
-    """config: the dissect section (iou_threshold)."""
+    """config: the dissect section (iou_threshold). Each layer's rows end with its own ROF roles
+    (layer_role_acc, layer_role_loss), "not computed" where layer_rof did not compute the layer;
+    the metrics of such a layer add detectors per role (by_layer_role)."""
     threshold, tallies = config.iou_threshold, inputs.tallies
     names = [c["name"] for c in tallies.concepts]
     categories = [c["category"] for c in tallies.concepts]
-    tables = {layer: unit_rows(t.iou(), t.thresholds, names, categories, threshold)
-              for layer, t in tallies.per_layer.items()}
+    tables = {}
+    for layer, t in tallies.per_layer.items():
+        rows = unit_rows(t.iou(), t.thresholds, names, categories, threshold)
+        roles = roles_or_not_computed(inputs.layer_roles.get(layer), len(rows))
+        tables[layer] = [{**row, **{key: values[u] for key, values in roles.items()}} for u, row in enumerate(rows)]
     metrics = {"iou_threshold": threshold,
                "layers": {layer: detector_summary(rows) for layer, rows in tables.items()},
                "overall": detector_summary([r for rows in tables.values() for r in rows])}
+    for layer, rows in tables.items():
+        if layer in inputs.layer_roles:
+            by_role = [{**row, "category_acc": row["layer_role_acc"]} for row in rows]
+            metrics["layers"][layer]["by_layer_role"] = role_summary(by_role, CATEGORIES)
     rof_rows = tables[inputs.rof_layer]
     joined = [{**{key: values[u] for key, values in inputs.roles.items()}, "concept": rof_rows[u]["concept"],
                "iou": rof_rows[u]["iou"], "detector": rof_rows[u]["detector"]} for u in range(len(rof_rows))]

@@ -6,6 +6,11 @@ block that feeds the final layer (ROF's units), as a static site, a table and me
     result.rows[7]                        # unit 7: roles, ranks, concept, classes, formula, CLIP
     result.files["units/7.html"]          # its page; result.files["units/7.png"]: its strip (PNG)
 
+Beside ROF's roles of the pooled units, each unit's own ROF role at the layer (layer_rof's, "not
+computed" where layer_rof.layers does not list the layer), and, for the units the featurevis
+stage visualized, its feature visualization (a thumbnail on the index, beside the top images on
+its page; "not selected" for the others).
+
 Where the evaluate stage ran on the same checkpoint, each method's held-out AUC and significance
 against the null networks stand beside its answer, and the index has a scoreboard per method and
 layer. A method's output that is missing, made from another checkpoint or without this layer is named
@@ -29,6 +34,7 @@ import torch
 from netunits.data.probe import load_probe, unpack_masks
 from netunits.errors import PipelineError
 from netunits.files import load_checked, read_csv, read_json, write_csv, write_json
+from netunits.layer_roles import NOT_COMPUTED, read_layer_roles, roles_or_not_computed
 from netunits.methods.dissection import unit_masks
 from netunits.methods.rof import CATEGORIES
 from netunits.models.checkpoint import load_checkpoint_file
@@ -62,6 +68,15 @@ class Dissection:
     tally: dict
     mask_size: int
     images: torch.Tensor                  # uint8 n x c x h x w
+
+
+@dataclass
+class FeatureVis:
+    """The featurevis stage's images of the layer: PNG bytes and the activation reached, per
+    visualized unit, and how the units were chosen (its metrics' selection and units)."""
+    pngs: dict[int, bytes]
+    activation: dict[int, float]
+    selection: str
 
 
 @dataclass
@@ -102,6 +117,8 @@ class ReportInputs:
     clip: Table | None = None             # CLIP-Dissect's rows of the layer
     evaluation: dict[str, Table] = field(default_factory=dict)  # evaluate's rows of the layer, per method
     scoreboard: dict | None = None        # evaluate's metrics (evaluation.json), of this checkpoint
+    layer_roles: dict[str, list[str]] | None = None  # layer_rof's roles of the layer (layer_roles.COLUMNS)
+    featurevis: FeatureVis | None = None  # the featurevis stage's images of the layer
     tables: list[MethodTable] = field(default_factory=list)
 
 
@@ -218,6 +235,10 @@ def _evaluation(paths: dict[str, Path], layer: str, n_units: int, sha256: str,
     """evaluate's metrics and its rows of `layer` per method, when made from this checkpoint;
     else (None, {}) with a note. A method whose table lacks the layer's units is left out alone."""
     what = "evaluation (held-out AUC, significance, scoreboard)"
+    if not paths["evaluation_metrics"].exists():      # a pipeline without evaluate (cifar/dvc.yaml) or not yet run
+        notes.append(f"{what} left out: {paths['evaluation_metrics']}: file not found; the evaluate stage writes it "
+                     f"where its pipeline has that stage (`dvc repro evaluate`)")
+        return None, {}
     try:
         metrics = read_json(paths["evaluation_metrics"])
     except PipelineError as exc:
@@ -238,6 +259,45 @@ def _evaluation(paths: dict[str, Path], layer: str, n_units: int, sha256: str,
             if table is not None:
                 tables[method] = table
     return metrics, tables
+
+
+def _layer_roles(folder: Path, layer: str, n_units: int, notes: list[str]) -> dict[str, list[str]]:
+    """layer_rof's roles of the layer, NOT_COMPUTED where it has no table of it (or, with a note,
+    an unusable one)."""
+    try:
+        roles = read_layer_roles(folder, layer, n_units)
+    except PipelineError as exc:
+        notes.append(f"ROF roles at {layer} (layer_rof) left out: {exc}")
+        roles = None
+    return roles_or_not_computed(roles, n_units)
+
+
+def _featurevis(paths: dict[str, Path], layer: str, n_units: int, sha256: str, notes: list[str]) -> FeatureVis | None:
+    what = "feature visualization"
+    try:
+        metrics = read_json(paths["featurevis_metrics"])
+        table = read_csv(paths["featurevis_dir"] / "units.csv", numeric=False)
+    except PipelineError as exc:
+        notes.append(f"{what} left out: {exc}")
+        return None
+    if not isinstance(metrics, dict) or metrics.get("checkpoint_sha256") != sha256:
+        notes.append(f"{what} left out: {paths['featurevis_metrics']}: made from another checkpoint than "
+                     f"{paths['model']}; rerun `dvc repro featurevis`")
+        return None
+    if metrics.get("layer") != layer:
+        notes.append(f"{what} left out: featurevis.layer is {metrics.get('layer')!r}; the explorer shows {layer}")
+        return None
+    pngs, activation = {}, {}
+    try:
+        for unit, file, value in zip(table["unit"], table["file"], table["activation"], strict=True):
+            if not 0 <= int(unit) < n_units:
+                raise ValueError(f"unit {unit} of {n_units}")
+            pngs[int(unit)] = (paths["featurevis_dir"] / file).read_bytes()
+            activation[int(unit)] = float(value)
+    except (KeyError, ValueError, OSError) as exc:
+        notes.append(f"{what} left out: {paths['featurevis_dir']} is incomplete ({exc}); rerun `dvc repro featurevis`")
+        return None
+    return FeatureVis(pngs, activation, f"{metrics.get('selection')}, {len(pngs)} of {n_units} units")
 
 
 def load_report_inputs(paths: dict[str, Path], params: Any, overrides: tuple[str, ...] = ()) -> ReportInputs:
@@ -283,6 +343,8 @@ def load_report_inputs(paths: dict[str, Path], params: Any, overrides: tuple[str
     if inputs.clip:
         tables["clip_dissect"] = (inputs.clip, clip_path)
     inputs.scoreboard, inputs.evaluation = _evaluation(paths, layer, n_units, run.checkpoint_sha256, notes)
+    inputs.layer_roles = _layer_roles(paths["layer_rof_dir"], layer, n_units, notes)
+    inputs.featurevis = _featurevis(paths, layer, n_units, run.checkpoint_sha256, notes)
     inputs.tables = [MethodTable(key, table, str(source), Path(os.path.relpath(source, site_methods)).as_posix())
                      for key, (table, source) in tables.items()]
     return inputs
@@ -304,6 +366,11 @@ def _columns(inputs: ReportInputs) -> list[dict]:
                                                                 "subset, from 0"),
                     column("rank_test", "L1 rank test", True, "place in the L1 retrieval order on the test subset, "
                                                               "from 0")]
+    if inputs.layer_roles:
+        where = f"ROF at {inputs.layer} itself (layer_rof: the layer's channels kept in L1 order, the rest of the " \
+            f"network run); {NOT_COMPUTED} where layer_rof.layers does not list {inputs.layer}"
+        columns += [column("layer_role_acc", "layer ROF role (accuracy)", False, f"role by accuracy from {where}"),
+                    column("layer_role_loss", "layer ROF role (loss)", False, f"role by loss from {where}")]
     fdr = inputs.scoreboard["fdr"] if inputs.scoreboard else None
 
     def evaluated(method):
@@ -336,6 +403,10 @@ def _columns(inputs: ReportInputs) -> list[dict]:
     if inputs.clip:
         columns += [column("clip", "CLIP-Dissect", False, "CLIP-Dissect's description")]
     columns += evaluated("clip_dissect") + evaluated("invert")
+    if inputs.featurevis:
+        columns += [column("featurevis_activation", "feature vis", True,
+                           "an input optimised to maximise the unit's mean activation (featurevis stage), for the "
+                           f"units it selected ({inputs.featurevis.selection}); sorts by the activation reached")]
     return columns
 
 
@@ -350,6 +421,8 @@ def _rows(inputs: ReportInputs) -> list[dict]:
             roles = inputs.roles
             row.update(role=roles["category_acc"][u], role_loss=roles["category_loss"][u],
                        rank_train=int(roles["rank_train"][u]), rank_test=int(roles["rank_test"][u]))
+        if inputs.layer_roles:
+            row.update({key: values[u] for key, values in inputs.layer_roles.items()})
         if inputs.dissection:
             table = inputs.dissection.table
             row.update(concept=table["concept"][u], iou=float(table["iou"][u]), detector=int(table["detector"][u]))
@@ -364,6 +437,8 @@ def _rows(inputs: ReportInputs) -> list[dict]:
                 row["invert"] = table["answer"][u]
             row[f"{method}_significant"] = int(table["significant"][u])
             row[f"{method}_heldout_auc"] = float(table["auc"][u])
+        if inputs.featurevis:
+            row["featurevis_activation"] = inputs.featurevis.activation.get(u, "")
         rows.append(row)
     return rows
 
@@ -439,6 +514,11 @@ def _cell(key: str, row: dict, inputs: ReportInputs | None = None) -> dict:
         return {"value": value, "text": classes_text(value), "css": "", "href": None}
     if key == "detector":
         return {"value": value, "text": "yes" if value else "no", "css": "", "href": None}
+    if key == "featurevis_activation":
+        if value == "":
+            return {"value": "", "text": "not selected", "css": "", "href": None}
+        return {"value": value, "text": f"activation {value:.4g}", "css": "thumb", "href": f"units/{row['unit']}.html",
+                "img": f"featurevis/{row['unit']}.png", "title": f"feature visualization: mean activation {value:.4g}"}
     if isinstance(value, float):
         return {"value": value, "text": f"{value:.4f}", "css": "num", "href": None}
     return {"value": value, "text": value, "css": "formula" if key == "formula" else
@@ -446,10 +526,11 @@ def _cell(key: str, row: dict, inputs: ReportInputs | None = None) -> dict:
 
 
 def _index(inputs: ReportInputs, columns: list[dict], rows: list[dict], methods: list[dict]) -> str:
-    view = [{"unit": row["unit"], "role": row.get("role", ""), "concept": row.get("concept", ""),
+    view = [{"unit": row["unit"], "role": row.get("role", ""), "layer_role": row.get("layer_role_acc", ""),
+             "concept": row.get("concept", ""),
              "formula": " ".join(formula_concepts(row.get("formula", ""))), "clip": row.get("clip", ""),
              "detector": int(bool(row.get("detector"))),
-             "cells": [{"title": None, **_cell(c["key"], row, inputs)} for c in columns]}
+             "cells": [{"title": None, "img": None, **_cell(c["key"], row, inputs)} for c in columns]}
             for row in rows]
     fields = [(key, label) for key, label, present in (
         ("concept", "dissection", inputs.dissection), ("formula", "formula", inputs.formulas),
@@ -459,8 +540,14 @@ def _index(inputs: ReportInputs, columns: list[dict], rows: list[dict], methods:
     title = f"Units of {inputs.layer or 'an unknown layer'}: every method side by side"
     return render("index.html", root="", title=title, run=inputs.run, not_hashed=PARAMS_NOT_HASHED,
                   notes=inputs.notes, methods=methods, roles=CATEGORIES if inputs.roles else (),
+                  layer_roles=_role_options(inputs.layer_roles["layer_role_acc"]) if inputs.layer_roles else (),
                   concept_fields=fields, has_detector=bool(inputs.dissection), columns=columns, rows=view,
                   scoreboard=_scoreboard(inputs.scoreboard))
+
+
+def _role_options(roles: list[str]) -> tuple[str, ...]:
+    """The layer-role filter's options: every ROF role, and NOT_COMPUTED where a unit has it."""
+    return CATEGORIES + ((NOT_COMPUTED,) if NOT_COMPUTED in roles else ())
 
 
 def _scoreboard(metrics: dict | None) -> dict | None:
@@ -517,8 +604,25 @@ def _strips(inputs: ReportInputs, u: int, size: int) -> tuple[bytes, bytes | Non
     return strip, png_bytes(strip_image(images, formula_masks, size, colour=(40, 90, 230)))
 
 
+def _featurevis_view(inputs: ReportInputs, u: int, size: int) -> dict | None:
+    """The unit page's feature visualization: its image, or why there is none (None: the stage's
+    output was left out, which the page's notes say)."""
+    vis = inputs.featurevis
+    if vis is None:
+        return None
+    if u not in vis.pngs:
+        return {"image": None, "size": size,
+                "text": f"not selected: featurevis.units visualized {vis.selection} (set it to all, or list this "
+                        f"unit, and rerun `dvc repro featurevis`)"}
+    text = f"an input optimised to maximise its mean activation (reaching {vis.activation[u]:.4g})"
+    if vis.activation[u] <= 0:
+        text = ("its activation stayed 0: the unit is silent on the starting image, so no gradient reached it "
+                "through its ReLU (the image stays grey)")
+    return {"image": f"../featurevis/{u}.png", "size": size, "text": text}
+
+
 def _unit_page(inputs: ReportInputs, columns: list[dict], row: dict, methods: list[dict], curves: dict,
-               strip: str | None, formula_strip: str | None) -> str:
+               strip: str | None, formula_strip: str | None, thumbnail: int = 112) -> str:
     u = row["unit"]
     # evaluate's columns have a table of their own below
     facts = [(c["label"], _cell(c["key"], row)["text"] or ("none" if c["key"] == "classes" else ""))
@@ -532,7 +636,8 @@ def _unit_page(inputs: ReportInputs, columns: list[dict], row: dict, methods: li
     return render("unit.html", root="../", unit=u, layer=inputs.layer, notes=inputs.notes,
                   previous=u - 1 if u > 0 else None, next=u + 1 if u + 1 < inputs.n_units else None,
                   formula=row.get("formula") or None, facts=facts, methods=methods, strip=strip,
-                  formula_strip=formula_strip, histogram_chart=histogram, concepts=concepts,
+                  formula_strip=formula_strip, featurevis=_featurevis_view(inputs, u, thumbnail),
+                  histogram_chart=histogram, concepts=concepts,
                   curve_charts=[mark(chart, row[f"rank_{s}"], u) for s, chart in curves.items()],
                   evaluation=_evaluation_table(inputs, u))
 
@@ -558,6 +663,8 @@ def run_report(inputs: ReportInputs, config: Any) -> ReportResult:
     for table in inputs.tables:
         files[f"methods/{table.key}.html"] = _method_page(inputs, table)
     curves = {s: curve_chart(inputs.curves[s], s) for s in ("train", "test")} if inputs.curves else {}
+    if inputs.featurevis:
+        files.update({f"featurevis/{u}.png": data for u, data in inputs.featurevis.pngs.items()})
     for row in rows:
         u, strip, formula_strip = row["unit"], None, None
         if inputs.dissection:
@@ -565,7 +672,8 @@ def run_report(inputs: ReportInputs, config: Any) -> ReportResult:
             strip, files[f"units/{u}.png"] = f"{u}.png", pixels
             if formula_pixels is not None:
                 formula_strip, files[f"units/{u}_formula.png"] = f"{u}_formula.png", formula_pixels
-        files[f"units/{u}.html"] = _unit_page(inputs, columns, row, methods, curves, strip, formula_strip)
+        files[f"units/{u}.html"] = _unit_page(inputs, columns, row, methods, curves, strip, formula_strip,
+                                              config.thumbnail)
     return ReportResult(inputs.layer, rows, _metrics(inputs, rows), list(inputs.notes), files)
 
 

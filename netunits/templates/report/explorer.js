@@ -1,13 +1,15 @@
-// The unit explorer's index: filter by role, concept and detector status, sort by any column.
-// Filters and the order can be set from the link:
-// index.html#role=test_only&concept=hole&match=substring&in=formula&detectors=1&sort=iou&order=desc
+// The unit explorer's index: filter by role (ROF of the pooled units, and ROF at the layer itself),
+// concept and detector status, sort by any column. Filters and the order can be set from the link:
+// index.html#role=test_only&layer_role=both&concept=hole&match=substring&in=formula&detectors=1&sort=iou&order=desc
 const body = document.querySelector('#units tbody');
 const rows = Array.from(body.querySelectorAll('tr'));
-const role = document.getElementById('role'), concept = document.getElementById('concept'),
+const role = document.getElementById('role'), layerRole = document.getElementById('layer-role'),
+      concept = document.getElementById('concept'),
       field = document.getElementById('in'), match = document.getElementById('match'),
       detectors = document.getElementById('detectors'), shown = document.getElementById('shown'),
       linkError = document.getElementById('linkerror');
-const roles = Array.from(role.options).map(o => o.value).filter(v => v);
+const options = select => Array.from(select.options).map(o => o.value).filter(v => v);
+const roleSelects = {role: [role, 'role'], layer_role: [layerRole, 'layer ROF role']};
 
 // The concept names a row holds in one field: dissection's concept, CLIP-Dissect's description
 // (which may hold spaces) or every concept of the compositional formula (space-separated).
@@ -27,7 +29,8 @@ function conceptMatches(row) {
 function apply() {
   let n = 0;
   for (const row of rows) {
-    const ok = (!role.value || row.dataset.role === role.value) && (!concept || conceptMatches(row)) &&
+    const ok = (!role.value || row.dataset.role === role.value) &&
+               (!layerRole.value || row.dataset.layerRole === layerRole.value) && (!concept || conceptMatches(row)) &&
                (!detectors || !detectors.checked || row.dataset.detector === '1');
     row.hidden = !ok;
     if (ok) n++;
@@ -69,14 +72,14 @@ for (const part of location.hash.slice(1).split('&')) {
   if (!part.includes('=')) continue;              // a plain anchor such as #unit-17
   const [key, raw] = part.split('=');
   const value = decodeURIComponent(raw || '');
-  if (key === 'role') {
-    if (value && !roles.includes(value)) {
-      const option = new Option(value + ' (unknown role)', value);
-      role.add(option);
-      problems.push('the link asks for role "' + value + '", which no unit has; ' +
-                    (roles.length ? 'the roles are ' + roles.join(', ') : 'this report shows no roles'));
+  if (key in roleSelects) {
+    const [select, what] = roleSelects[key], known = options(select);
+    if (value && !known.includes(value)) {
+      select.add(new Option(value + ' (unknown role)', value));
+      problems.push('the link asks for ' + what + ' "' + value + '", which no unit has; ' +
+                    (known.length ? 'the roles are ' + known.join(', ') : 'this report shows no ' + what + 's'));
     }
-    role.value = value;
+    select.value = value;
   } else if (key === 'sort' || key === 'order') {
     continue;                                     // applied below, once every part is read
   } else if (key === 'detectors' && detectors) {
@@ -110,5 +113,5 @@ if (problems.length) {
   linkError.textContent = problems.join('; ') + '.';
   linkError.hidden = false;
 }
-[role, concept, field, match, detectors].filter(e => e).forEach(e => e.addEventListener('input', apply));
+[role, layerRole, concept, field, match, detectors].filter(e => e).forEach(e => e.addEventListener('input', apply));
 apply();
