@@ -146,14 +146,15 @@ def _compare(m):
     rows = []
     for name, network in m["networks"].items():
         accuracy = network["test_accuracy"]
-        rows.append((f"{name}: test accuracy; per layer significant answers (distinct concepts), detectors",
+        rows.append((f"{name}: test accuracy; per layer significant answers (distinct concepts), answers beating "
+                     f"the random network, detectors",
                      ("n/a" if accuracy is None else _num(accuracy, 3)) + "; " + ", ".join(
-                         f"{layer} {v['significant']} ({v['significant_concepts']}), {v['detectors']}"
-                         for layer, v in network["layers"].items())))
+                         f"{layer} {v['significant']} ({v['significant_concepts']}), {v['beats_random']}, "
+                         f"{v['detectors']}" for layer, v in network["layers"].items())))
     for layer, v in m["seeds"]["layers"].items():
-        rows.append((f"{layer} over {len(m['seeds']['networks'])} seeds: significant answers; concepts significant "
-                     f"in every seed", f"{' / '.join(map(str, v['significant']))}; "
-                     f"{', '.join(v['stable_significant_concepts']) or 'none'}"))
+        rows.append((f"{layer} over {len(m['seeds']['networks'])} seeds: answers beating the random network; "
+                     f"concepts doing so in every seed", f"{' / '.join(map(str, v['beats_random']))}; "
+                     f"{', '.join(v['stable_beats_random_concepts']) or 'none'}"))
     return rows
 
 

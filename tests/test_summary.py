@@ -37,11 +37,11 @@ METRICS = {
                                "methods": {"dissection": {"recovered": ["hole"], "expressible": 1,
                                                           "noise_significant_mannwhitney": [False]}}}},
     "compare": {"networks": {"trained seed 0": {"test_accuracy": 0.875, "layers": {
-                    "layer4": {"significant": 7, "significant_concepts": 3, "detectors": 2}}},
+                    "layer4": {"significant": 7, "significant_concepts": 3, "beats_random": 4, "detectors": 2}}},
                              "random init 0": {"test_accuracy": None, "layers": {
-                    "layer4": {"significant": 1, "significant_concepts": 1, "detectors": 0}}}},
+                    "layer4": {"significant": 1, "significant_concepts": 1, "beats_random": 0, "detectors": 0}}}},
                 "seeds": {"networks": ["trained seed 0", "trained seed 1"],
-                          "layers": {"layer4": {"significant": [7, 5], "stable_significant_concepts": ["hole"]}}}},
+                          "layers": {"layer4": {"beats_random": [4, 2], "stable_beats_random_concepts": ["hole"]}}}},
     "report": {"left_out": [], "spearman_l1_rank_train_vs_iou": -0.25,
                "by_role": {"both": {"units": 7, "detector_share": 0.0, "influential_share": 0.5,
                                     "mean_formula_iou": 0.0625},
@@ -91,10 +91,12 @@ def test_the_summary_holds_the_metrics_values(metrics_dir):
         "0.750 / 0.100 / 0.500 / 0.100 (causal agreement 0.60 of 5)"
     assert row(text, "planted units on layer4 (hole, noise): recovered of expressible") == "dissection 1 of 1"
     assert row(text, "planted noise unit significant (held-out Mann-Whitney, BH)") == "dissection no"
-    per_layer = "test accuracy; per layer significant answers (distinct concepts), detectors"
-    assert row(text, f"trained seed 0: {per_layer}") == "0.875; layer4 7 (3), 2"
-    assert row(text, f"random init 0: {per_layer}") == "n/a; layer4 1 (1), 0"
-    assert row(text, "layer4 over 2 seeds: significant answers; concepts significant in every seed") == "7 / 5; hole"
+    per_layer = ("test accuracy; per layer significant answers (distinct concepts), answers beating the random "
+                 "network, detectors")
+    assert row(text, f"trained seed 0: {per_layer}") == "0.875; layer4 7 (3), 4, 2"
+    assert row(text, f"random init 0: {per_layer}") == "n/a; layer4 1 (1), 0, 0"
+    assert row(text, "layer4 over 2 seeds: answers beating the random network; concepts doing so in every seed") \
+        == "4 / 2; hole"
 
 
 def test_a_missing_or_broken_file_is_named_with_its_command(metrics_dir):

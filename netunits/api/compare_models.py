@@ -35,7 +35,7 @@ from netunits.data.subsets import corrupt_labels
 from netunits.errors import PipelineError
 from netunits.files import read_json, remove_stale_temps, write_csv, write_json
 from netunits.methods.dissection import best_concepts
-from netunits.methods.stats import benjamini_hochberg, mann_whitney
+from netunits.methods.stats import benjamini_hochberg, empirical_p, mann_whitney
 from netunits.models.registry import build_model, load_checkpoint
 from netunits.params import PARAMS_FILE
 from netunits.runtime import Runtime
@@ -60,13 +60,16 @@ class CompareResult:
 
     def summary(self) -> str:
         lines = [f"{r['network']} {r['layer']}: {r['significant']} of {r['units']} answers significant "
-                 f"({r['significant_concepts']} concepts), {r['detectors']} detectors "
+                 f"({r['significant_concepts']} concepts), {r['beats_random']} beat the random network, "
+                 f"{r['detectors']} detectors "
                  f"({r['detector_concepts']} concepts), mean held-out AUC {r['mean_heldout_auc']:.3f}"
                  for r in self.rows]
         for layer, entry in self.metrics["seeds"]["layers"].items():
             lines.append(f"{layer} over {len(self.metrics['seeds']['networks'])} seeds: significant "
                          f"{entry['significant_mean']:.1f} +- {entry['significant_sd']:.1f} units; concepts "
-                         f"significant in every seed: {', '.join(entry['stable_significant_concepts']) or 'none'}")
+                         f"significant in every seed: {', '.join(entry['stable_significant_concepts']) or 'none'}; "
+                         f"beating the random network in every seed: "
+                         f"{', '.join(entry['stable_beats_random_concepts']) or 'none'}")
         lines.append("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.seconds.items()))
         return "\n".join(lines)
 
@@ -135,7 +138,7 @@ def run_compare_models(inputs: CompareInputs, config: Any, train_config: Any, da
     networks += [(f"label noise {noise}", "label_noise", train_config.seed, float(noise))
                  for noise in config.label_noise]
     networks += [(f"random init {config.random_init_seed}", "random_init", None, 0.0)]
-    rows, seconds, accuracy, sets = [], {}, {}, {}
+    rows, seconds, accuracy, sets, found_by = [], {}, {}, {}, {}
     for index, (name, group, seed, noise) in enumerate(networks):
         started = time.perf_counter()
         if index == 0:
@@ -152,12 +155,23 @@ def run_compare_models(inputs: CompareInputs, config: Any, train_config: Any, da
                                 train_runtime, source)
             model, accuracy[name] = trained.model, trained.metrics["baseline_accuracy"]
         found = dissect_network(model, checkpoint["input"], probe, fit, held, settings, runtime, name, source)
+        found_by[name] = found
         for layer, layer_found in found.items():
             row = layer_row(name, layer, layer_found, settings)
             row.update(group=group, label_noise=noise, test_accuracy=accuracy[name])
             sets[(name, layer)] = (row.pop("_significant_set"), row.pop("_detector_set"))
             rows.append(row)
         seconds[name] = time.perf_counter() - started
+    # against the random network: a unit's held-out AUC beside the random network's units' in the
+    # same layer (empirical p, Benjamini-Hochberg), as evaluate's random_init null
+    random_name = networks[-1][0]
+    for row in rows:
+        found = found_by[row["network"]][row["layer"]]
+        null = found_by[random_name][row["layer"]]["auc"].double()
+        beats, _ = benjamini_hochberg(empirical_p(found["auc"].double(), null), settings.evaluate.fdr)
+        row["beats_random"] = int(beats.sum())
+        row["beats_random_concepts"] = len({a for a, b in zip(found["answer"], beats.tolist()) if b})
+        sets[(row["network"], row["layer"])] += (sorted({a for a, b in zip(found["answer"], beats.tolist()) if b}),)
     seed_names = [name for name, group, *_ in networks if group == "seeds"]
     seeds: dict[str, Any] = {"networks": seed_names, "layers": {}}
     for layer in settings.dissect.layers:
@@ -165,9 +179,12 @@ def run_compare_models(inputs: CompareInputs, config: Any, train_config: Any, da
         detectors = [r["detectors"] for r in rows if r["layer"] == layer and r["network"] in seed_names]
         stable = set.intersection(*(set(sets[(n, layer)][0]) for n in seed_names))
         stable_detectors = set.intersection(*(set(sets[(n, layer)][1]) for n in seed_names))
+        stable_beating = set.intersection(*(set(sets[(n, layer)][2]) for n in seed_names))
+        beating = [r["beats_random"] for r in rows if r["layer"] == layer and r["network"] in seed_names]
         seeds["layers"][layer] = {
             "significant": counts, "significant_mean": float(np.mean(counts)), "significant_sd": float(np.std(counts)),
             "detectors": detectors, "stable_significant_concepts": sorted(stable),
+            "beats_random": beating, "stable_beats_random_concepts": sorted(stable_beating),
             "stable_detector_concepts": sorted(stable_detectors)}
     per_network = ("network", "layer", "group", "label_noise", "test_accuracy")
     metrics = {"checkpoint_sha256": checkpoint["sha256"], "fdr": settings.evaluate.fdr,
@@ -182,23 +199,26 @@ def run_compare_models(inputs: CompareInputs, config: Any, train_config: Any, da
 
 
 def comparison_figure(rows: list[dict], layers: list[str]):
-    """Per layer, grouped bars per network: distinct concepts among significant answers, and among
-    detectors."""
+    """Per layer, grouped bars per network: distinct concepts of the significant answers, answers
+    beating the random network's units, distinct concepts of detectors."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     networks = list(dict.fromkeys(r["network"] for r in rows))
     value = {(r["network"], r["layer"]): r for r in rows}
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    panels = (("significant_concepts", "distinct concepts of significant answers\n(held-out Mann-Whitney, BH)",
+               "concepts"),
+              ("beats_random", "answers beating the random network's units\n(held-out AUC, empirical p, BH)", "units"),
+              ("detector_concepts", "distinct concepts of detectors\n(fit IoU at the threshold)", "concepts"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(13, 3.8))
     width = 0.8 / len(networks)
-    for ax, key, title in ((axes[0], "significant_concepts", "distinct concepts of significant answers"),
-                           (axes[1], "detector_concepts", "distinct concepts of detectors (IoU threshold)")):
+    for ax, (key, title, unit) in zip(axes, panels):
         for i, network in enumerate(networks):
             heights = [value[(network, layer)][key] for layer in layers]
             ax.bar(np.arange(len(layers)) + (i - (len(networks) - 1) / 2) * width, heights, width, label=network)
         ax.set_xticks(np.arange(len(layers)), layers)
-        ax.set_title(title, fontsize=10)
-        ax.set_ylabel("concepts")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel(unit)
     axes[0].legend(fontsize=7)
     figure.tight_layout()
     return figure
