@@ -7,7 +7,7 @@ detectors first), artifacts/rof/unit_roles.csv (the block feeding the final laye
 artifacts/layer_rof/<layer>_roles.csv, and artifacts/dissect/layers/<layer>.csv; writes
 artifacts/featurevis/ (units.csv: layer, unit, role, IoU, the activation reached and the PNG's
 path; <layer>/<unit>.png: grey for grey models) and artifacts/metrics/featurevis.json (units,
-steps, size, seconds). An unknown layer or a unit out of range is one line and writes nothing.
+steps, size; the wall time is printed). An unknown layer or a unit out of range is one line and writes nothing.
 """
 from netunits.api.featurevis import load_featurevis_inputs, run_featurevis, write_featurevis
 from netunits.files import remove_stale_temps

@@ -55,6 +55,7 @@ class FeaturevisResult:
     images: torch.Tensor               # uint8 len(units) x channels x size x size
     rows: list[dict]                   # units.csv: one row per visualized unit
     metrics: dict
+    seconds: float = 0.0               # wall time (printed, not in the metrics: they stay reproducible)
 
     def png(self, i: int) -> bytes:
         """The i-th unit's image as PNG bytes (grey: one channel), the same bytes for the same pixels."""
@@ -68,7 +69,7 @@ class FeaturevisResult:
     def summary(self) -> str:
         m = self.metrics
         return (f"featurevis: {m['units']} of {m['layer_units']} units of {self.layer} ({m['selection']}), "
-                f"{m['steps']} steps at {m['size']} px, {m['channels']} channel(s), {m['seconds']:.0f} s on "
+                f"{m['steps']} steps at {m['size']} px, {m['channels']} channel(s), {self.seconds:.0f} s on "
                 f"{m['threads']} thread(s); mean activation {m['mean_activation']:.3g}")
 
 
@@ -168,10 +169,10 @@ def run_featurevis(inputs: FeaturevisInputs, config: Any, runtime: Runtime,
     metrics = {"layer": config.layer, "layer_units": n_units, "units": len(units), "selection": selection,
                "roles": {role: sum(r["role"] == role for r in rows) for role in CATEGORIES} if inputs.roles else None,
                "steps": config.steps, "size": size, "channels": channels, "seed": config.seed,
-               "mean_activation": float(activation.mean()), "seconds": round(seconds, 1),
+               "mean_activation": float(activation.mean()),
                "threads": torch.get_num_threads(), "device": str(runtime.device),
                "checkpoint_sha256": inputs.checkpoint["sha256"]}
-    return FeaturevisResult(config.layer, units, pixels, rows, metrics)
+    return FeaturevisResult(config.layer, units, pixels, rows, metrics, seconds)
 
 
 def write_featurevis(result: FeaturevisResult, paths: dict[str, Path]) -> None:
