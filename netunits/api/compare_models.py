@@ -199,8 +199,9 @@ def run_compare_models(inputs: CompareInputs, config: Any, train_config: Any, da
 
 
 def comparison_figure(rows: list[dict], layers: list[str]):
-    """Per layer, grouped bars per network: distinct concepts of the significant answers, answers
-    beating the random network's units, distinct concepts of detectors."""
+    """Per layer, grouped bars per network: distinct concepts of the significant answers, the mean
+    held-out AUC of the answers, distinct concepts of detectors; how many answers beat the random
+    network's units is written under the middle panel."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -208,9 +209,9 @@ def comparison_figure(rows: list[dict], layers: list[str]):
     value = {(r["network"], r["layer"]): r for r in rows}
     panels = (("significant_concepts", "distinct concepts of significant answers\n(held-out Mann-Whitney, BH)",
                "concepts"),
-              ("beats_random", "answers beating the random network's units\n(held-out AUC, empirical p, BH)", "units"),
+              ("mean_heldout_auc", "mean held-out AUC of the answers", "AUC"),
               ("detector_concepts", "distinct concepts of detectors\n(fit IoU at the threshold)", "concepts"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(13, 3.8))
+    figure, axes = plt.subplots(1, len(panels), figsize=(13, 4.2))
     width = 0.8 / len(networks)
     for ax, (key, title, unit) in zip(axes, panels):
         for i, network in enumerate(networks):
@@ -219,8 +220,15 @@ def comparison_figure(rows: list[dict], layers: list[str]):
         ax.set_xticks(np.arange(len(layers)), layers)
         ax.set_title(title, fontsize=9)
         ax.set_ylabel(unit)
-    axes[0].legend(fontsize=7)
-    figure.tight_layout()
+    axes[1].set_ylim(0.5, 1.0)                                   # 0.5: chance
+    beating = {network: sum(value[(network, layer)]["beats_random"] for layer in layers) for network in networks[:-1]}
+    axes[1].set_xlabel("answers beating the random network's units (empirical p, BH): "
+                       + ", ".join(f"{network} {count}" for network, count in beating.items()), fontsize=7)
+    if not any(value[(network, layer)]["detector_concepts"] for network in networks for layer in layers):
+        axes[2].text(0.5, 0.5, "no detector in any network", ha="center", va="center", transform=axes[2].transAxes)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(networks), fontsize=8)
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     return figure
 
 
