@@ -8,8 +8,9 @@ from PIL import Image
 
 from conftest import run_main, tiny_params, write_params
 from netunits.data.broden import load_broden
-from netunits.data.probe import load_probe, unpack_masks
+from netunits.data.probe import SparsePackedMasks, concept_shares, load_probe, pack_masks, unpack_masks
 from netunits.errors import PipelineError
+from netunits.files import save_torch
 from stages import probe_concepts
 
 # label numbers: 1 red (color), 2 blue (color), 300 sky (scene; above 255, so G carries it)
@@ -55,7 +56,8 @@ def write_broden(folder, mask_size=8, bad_mask=False):
 
 def test_planted_masks_and_labels_round_trip(tmp_path):
     planted = write_broden(tmp_path)
-    probe, masks = load_broden(tmp_path, image_size=32, mask_size=8, size=4)
+    probe = load_broden(tmp_path, image_size=32, mask_size=8, size=4)
+    masks = unpack_masks(probe["pixel_masks"][:], 8).view(4, -1, 8, 8).numpy()
     assert [c["name"] for c in probe["concepts"]] == ["red", "blue", "sky"]
     assert [c["level"] for c in probe["concepts"]] == ["pixel", "pixel", "image"]
     assert np.array_equal(masks[:, 0], planted == 1) and np.array_equal(masks[:, 1], planted == 2)
@@ -96,3 +98,19 @@ def test_malformed_tables_are_one_line(tmp_path):
     write_table(tmp_path / "label.csv", ["number", "name"], [["one", "red"]])
     with pytest.raises(PipelineError, match="label.csv: needs integer 'number' and 'name' columns"):
         load_broden(tmp_path, 32, 8, 4)
+
+
+def test_sparse_masks_index_as_the_dense_ones_and_load_back(tmp_path):
+    rng = np.random.default_rng(0)
+    masks = (rng.random((9, 7, 5, 5)) < 0.5) & (rng.random((9, 7, 1, 1)) < 0.3)     # few concepts per image
+    dense = pack_masks(masks)
+    sparse = SparsePackedMasks.from_dense(dense)
+    assert len(sparse.bits) == int((dense != 0).any(dim=2).sum()) < 9 * 7 and sparse.shape == dense.shape
+    for key in (slice(0, 9), slice(2, 5), slice(5, 5), slice(3, 100), [4, 0, 4, 8], torch.tensor([1, 2]),
+                torch.tensor([], dtype=torch.int64), (slice(None), slice(2, 3)), (slice(1, 4), slice(0, 7))):
+        assert torch.equal(sparse[key], dense[key]), key
+    assert np.allclose(concept_shares(sparse, 5), masks.reshape(9, 7, -1).mean(axis=(0, 2)))
+    assert np.allclose(concept_shares(dense, 5), masks.reshape(9, 7, -1).mean(axis=(0, 2)))
+    save_torch({"masks": sparse}, tmp_path / "masks.pt")
+    again = torch.load(tmp_path / "masks.pt", weights_only=True)["masks"]          # the probe file's own load
+    assert isinstance(again, SparsePackedMasks) and torch.equal(again[:], dense)

@@ -56,6 +56,27 @@ def test_vectorised_iou_equals_brute_force():
     assert np.allclose(tally.iou().numpy(), brute_force_iou(unit, pixel, image, annotated, category))
 
 
+@pytest.mark.parametrize("share", [0.02, 0.6])        # few concepts per image (per-image path), many (batched)
+def test_packed_and_sparse_counts_equal_the_brute_force(share):
+    rng = np.random.default_rng(3)
+    n_images, n_units, n_pixel, positions = 7, 4, 40, 25
+    unit = rng.random((n_images, n_units, positions)) < 0.3
+    present = rng.random((n_images, n_pixel)) < share
+    present[0] = False                                      # an image with no concept at all
+    pixel = (rng.random((n_images, n_pixel, positions)) < 0.5) & present[:, :, None]
+    image = rng.random((n_images, 2)) < 0.5
+    category = [i % 3 for i in range(n_pixel)] + [3, 3]
+    annotated = rng.random((n_images, 4)) < 0.8
+    plain, packed = (dissection.IoUTally(n_units, n_pixel, 2, category, 4) for _ in range(2))
+    for batch in (slice(0, 3), slice(3, 7)):
+        args = torch.from_numpy(image[batch]), torch.from_numpy(annotated[batch])
+        plain.update(torch.from_numpy(unit[batch]), torch.from_numpy(pixel[batch]), *args)
+        packed.update_packed(torch.from_numpy(unit[batch]), pack_masks(pixel[batch].reshape(-1, n_pixel, 5, 5)), *args)
+    for key in ("intersection", "unit_area", "concept_area"):
+        assert torch.equal(getattr(plain, key), getattr(packed, key)), key
+    assert np.allclose(plain.iou().numpy(), brute_force_iou(unit, pixel, image, annotated, category))
+
+
 def test_a_unit_that_is_a_concept_gets_iou_one():
     concept = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(1)) > 0.5
     maps = concept.float() * 3.0                                # active exactly where the concept is

@@ -15,7 +15,6 @@ from bench.synthetic_broden import write_synthetic_broden
 from conftest import ROOT, run_main, tiny_params, working_dir, write_params
 from netunits import study_engine
 from netunits.data.broden import load_broden
-from netunits.data.probe import pack_masks
 from netunits.engine import KILL_ENV
 from netunits.files import save_torch
 from netunits.models.inputs import input_spec
@@ -42,8 +41,7 @@ def inputs_folder(tmp_path_factory):
     """A checkpoint and a probe set at the paths the dissect stage reads."""
     folder = tmp_path_factory.mktemp("engine")
     write_synthetic_broden(folder / "broden", N_IMAGES, 40, seed=1, per_image=6, unannotated=0.3)
-    probe, masks = load_broden(folder / "broden", image_size=32, mask_size=8, size=N_IMAGES)
-    probe["pixel_masks"] = pack_masks(masks)
+    probe = load_broden(folder / "broden", image_size=32, mask_size=8, size=N_IMAGES)
     save_torch(probe, folder / "data/probe/probe.pt")
     torch.manual_seed(0)
     model = build_model("resnet18", 10)

@@ -21,7 +21,6 @@ from netunits.api.dissect import (
     threshold_shard,
 )
 from netunits.data.broden import load_broden
-from netunits.data.probe import pack_masks
 from netunits.errors import PipelineError
 from netunits.methods.bitmasks import pack
 from netunits.methods.dissection import merge_kept_top_images, merge_top_values
@@ -82,8 +81,7 @@ def test_top_images_merge_keeps_the_earlier_image_among_equal_peaks():
 def setup(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shards") / "broden"
     write_synthetic_broden(folder, N_IMAGES, 40, seed=1, per_image=6, unannotated=0.3)
-    probe, masks = load_broden(folder, image_size=32, mask_size=8, size=N_IMAGES)
-    probe["pixel_masks"] = pack_masks(masks)
+    probe = load_broden(folder, image_size=32, mask_size=8, size=N_IMAGES)
     torch.manual_seed(0)
     model = build_model("resnet18", 10).eval()
     single = run_dissect(DissectInputs(model, probe, None, "sha"), DISSECT, RUNTIME)

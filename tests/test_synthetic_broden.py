@@ -14,6 +14,7 @@ from bench.synthetic_broden import (
     write_synthetic_broden,
 )
 from netunits.data.broden import load_broden
+from netunits.data.probe import unpack_masks
 
 # 400 concepts: pixel-level label numbers up to 320, so some masks need G (number = R + 256 * G)
 N, CONCEPTS, SEED, PER_IMAGE, UNANNOTATED = 8, 400, 3, 5, 0.3
@@ -54,7 +55,8 @@ def test_each_image_draws_its_documented_concepts():
 
 def test_load_broden_reads_what_was_written(written):
     folder, plan = written
-    probe, masks = load_broden(folder, image_size=224, mask_size=MASK_SIZE, size=N)
+    probe = load_broden(folder, image_size=224, mask_size=MASK_SIZE, size=N)
+    masks = unpack_masks(probe["pixel_masks"][:], MASK_SIZE).view(N, -1, MASK_SIZE, MASK_SIZE).numpy()
     drawn = [draw_image(plan, SEED, i, PER_IMAGE, UNANNOTATED) for i in range(N)]
     # the concepts: every (category, label) annotated somewhere, pixel level first, by label number
     present = {c: set() for c in ("shape", "stripes", "colour", "scene")}

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from netunits.activations import iterate_activations
-from netunits.data.probe import load_probe, unpack_masks
+from netunits.data.probe import load_probe
 from netunits.errors import PipelineError
 from netunits.files import remove_stale_temps, save_torch
 from netunits.methods.dissection import (
@@ -220,14 +220,14 @@ def count_shard(inputs: DissectInputs, config: Any, runtime: Any, thresholds: Di
                                                  desc="IoU", **_run(inputs, config, runtime, source)):
         n = next(iter(outputs.values())).shape[0]
         at = start + first
-        pixel_masks = unpack_masks(probe["pixel_masks"][at:at + n], mask_size)
+        packed = probe["pixel_masks"][at:at + n]
         image_labels, annotated = probe["image_labels"][at:at + n], probe["annotated"][at:at + n]
         for name, maps in outputs.items():
             maps = maps.float()
             add_histogram(histograms[name], maps.transpose(0, 1).flatten(1), thresholds.top[name][:, 0])
             for lo, hi in dissect_batch_chunks(n, maps.shape[1], mask_size * mask_size):
                 masks = unit_masks(maps[lo:hi], thresholds.thresholds[name], mask_size)
-                tallies[name].update(masks, pixel_masks[lo:hi], image_labels[lo:hi], annotated[lo:hi])
+                tallies[name].update_packed(masks, packed[lo:hi], image_labels[lo:hi], annotated[lo:hi])
             best[name] = merge_top_images(best[name], maps, at, config.top_images)
     counts = {name: {"intersection": t.intersection, "unit_area": t.unit_area, "concept_area": t.concept_area,
                      "histogram": histograms[name]} for name, t in tallies.items()}

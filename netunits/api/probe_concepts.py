@@ -22,7 +22,7 @@ from netunits.concepts import CONCEPTS, concept_annotations
 from netunits.concepts_colour import concept_table, natural_probe
 from netunits.data import cifar10
 from netunits.data.broden import load_broden
-from netunits.data.probe import pack_masks
+from netunits.data.probe import concept_shares, pack_masks, unpack_masks
 from netunits.data.registry import get_dataset
 from netunits.data.subsets import resize_uint8, select_indices
 from netunits.errors import PipelineError
@@ -79,23 +79,22 @@ class ProbeConceptsInputs:
     images: torch.Tensor | None = None     # mnist, cifar10: the split PROBE_SPLITS names (uint8), whose free
                                            # images are drawn
     labels: torch.Tensor | None = None
-    probe: dict | None = None              # broden: the probe set as read from the folder ...
-    masks: np.ndarray | None = None        # ... and its pixel masks (images x concepts x S x S)
+    probe: dict | None = None              # broden: the probe set as read from the folder
 
 
 @dataclass
 class ProbeConceptsResult:
     probe: dict                            # the probe set (data/probe/probe.pt)
-    masks: np.ndarray                      # pixel masks, images x pixel concepts x S x S
     figure: object                         # a few images and their masks
 
     def summary(self) -> str:
-        probe, masks = self.probe, self.masks
-        shares = masks.reshape(*masks.shape[:2], -1).mean(axis=(0, 2))
-        n_pixel = masks.shape[1]
+        probe = self.probe
+        shares = concept_shares(probe["pixel_masks"], probe["mask_size"])
+        n_pixel = len(shares)
         what = PROBE_IMAGES.get(probe.get("source"), "images")
         return (f"probe: {len(probe['labels'])} {what} at {probe['images'].shape[-1]} px, masks at "
-                f"{masks.shape[-1]} px; " + ", ".join(f"{c['name']} {s:.3f}" for c, s in zip(probe["concepts"], shares))
+                f"{probe['mask_size']} px; "
+                + ", ".join(f"{c['name']} {s:.3f}" for c, s in zip(probe["concepts"], shares))
                 + "\nimage-level concepts: "
                 + ", ".join(f"{c['name']} {int(n)}"
                             for c, n in zip(probe["concepts"][n_pixel:], probe["image_labels"].sum(0))))
@@ -109,8 +108,8 @@ def load_probe_concepts_inputs(config: ProbeParams, data: DataParams, raw_dir: P
     check_fits(config.size * (3 * data.image_size ** 2 + pixel_concept_count(config.source) * config.mask_size ** 2),
                out_dir, "the probe set")
     if config.source == "broden":
-        probe, masks = load_broden(config.dir, data.image_size, config.mask_size, config.size, source)
-        return ProbeConceptsInputs(probe=probe, masks=masks)
+        return ProbeConceptsInputs(probe=load_broden(config.dir, data.image_size, config.mask_size, config.size,
+                                                     source))
     spec = get_dataset(data.dataset, source=source)
     images, labels = spec.load(data.source, data.dir, raw_dir)[PROBE_SPLITS[config.source]]
     return ProbeConceptsInputs(images=images, labels=labels)
@@ -161,17 +160,19 @@ def cifar10_probe(images: torch.Tensor, labels: torch.Tensor, config: ProbeParam
 def run_probe_concepts(inputs: ProbeConceptsInputs, config: ProbeParams, data: DataParams,
                        source: str = "params.yaml") -> ProbeConceptsResult:
     if inputs.probe is not None:
-        probe, masks = inputs.probe, inputs.masks
-        probe["pixel_masks"] = pack_masks(masks)
+        probe = inputs.probe
     elif config.source == "cifar10":
-        probe, masks = cifar10_probe(inputs.images, inputs.labels, config, data, source)
+        probe, _ = cifar10_probe(inputs.images, inputs.labels, config, data, source)
     else:
-        probe, masks = mnist_probe(inputs.images, inputs.labels, config, data, source)
+        probe, _ = mnist_probe(inputs.images, inputs.labels, config, data, source)
     shown = probe["images"][:SHOWN_IMAGES].permute(0, 2, 3, 1).numpy()
-    figure = probe_figure(shown[..., 0] if shown.shape[-1] == 1 else shown, masks[:SHOWN_IMAGES, :SHOWN_CONCEPTS],
+    size = probe["mask_size"]
+    shown_masks = probe["pixel_masks"][:SHOWN_IMAGES, :SHOWN_CONCEPTS]
+    masks = unpack_masks(shown_masks, size).view(*shown_masks.shape[:2], size, size).numpy()
+    figure = probe_figure(shown[..., 0] if shown.shape[-1] == 1 else shown, masks,
                           [c["name"] for c in probe["concepts"] if c["level"] == "pixel"][:SHOWN_CONCEPTS],
                           PROBE_IMAGES.get(config.source, "digits"))
-    return ProbeConceptsResult(probe, masks, figure)
+    return ProbeConceptsResult(probe, figure)
 
 
 def write_probe_concepts(result: ProbeConceptsResult, paths: dict[str, Path]) -> None:

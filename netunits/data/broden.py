@@ -9,7 +9,9 @@ set written in its layout (`probe.source: broden`, `probe.dir`):
 - the files under `images/`; a mask PNG's label at a pixel is R + 256 * G.
 
 Every (category, label) that occurs becomes a concept, pixel-level categories first; images are
-resized to the model's size, masks (nearest neighbour) to probe.mask_size.
+resized to the model's size, masks (nearest neighbour) to probe.mask_size. Each image's masks
+are bit-packed as it is read and kept only for the concepts present on it (SparsePackedMasks),
+so the reader holds a few masks per image whatever the number of concepts.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from netunits.data.probe import SparsePackedMasks
 from netunits.errors import PipelineError
 
 FIXED_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
@@ -51,9 +54,9 @@ def _resize(array, size, nearest):
 
 
 def load_broden(folder: str | Path, image_size: int, mask_size: int, size: int,
-                source: str = "params.yaml") -> tuple[dict[str, Any], np.ndarray]:
-    """The first `size` rows of index.csv as a probe set (netunits/data/probe.py), and the pixel
-    masks unpacked (bool N x pixel concepts x M x M) for the figure."""
+                source: str = "params.yaml") -> dict[str, Any]:
+    """The first `size` rows of index.csv as a probe set (netunits/data/probe.py), its pixel
+    masks a SparsePackedMasks."""
     folder = Path(folder)
     if not folder.is_dir():
         raise PipelineError(f"probe.dir '{folder}': no such folder; it must be a Broden-format folder "
@@ -80,20 +83,22 @@ def load_broden(folder: str | Path, image_size: int, mask_size: int, size: int,
     # a category is pixel-level if its cells name PNG files
     pixel_level = {c: any(e.endswith(".png") for row in rows for e in row[c].split(";") if e) for c in categories}
     ordered = [c for c in categories if pixel_level[c]] + [c for c in categories if not pixel_level[c]]
-    images, per_image = [], []
+    images, per_image = torch.empty(len(rows), 3, image_size, image_size, dtype=torch.uint8), []
     for line, row in enumerate(rows, start=2):
         try:
             image, found = _read_row(folder, row, ordered, pixel_level, image_size, mask_size)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise PipelineError(f"{folder / 'index.csv'}: line {line} is malformed ({exc!r}); see the Broden format "
                                 f"in netunits/data/broden.py") from None
-        images.append(image)
+        images[line - 2] = torch.from_numpy(np.array(image)).permute(2, 0, 1)
         per_image.append(found)
     return _assemble(rows, images, per_image, ordered, categories, pixel_level, names, mask_size)
 
 
 def _read_row(folder, row, ordered, pixel_level, image_size, mask_size):
-    """One index.csv row: the image resized, and per category (pixel level?, label masks or set)."""
+    """One index.csv row: the image resized, and per category (pixel level?, value): for a
+    pixel-level category {label number: its mask bit-packed}, for an image-level one the set of
+    label numbers; value None where the category is not annotated."""
     image = _open_image(folder / "images" / row["image"], "RGB")
     if image.shape[:2] != (int(row["ih"]), int(row["iw"])):
         raise PipelineError(f"{folder / 'images' / row['image']}: {image.shape[1]} x {image.shape[0]} pixels but "
@@ -112,7 +117,8 @@ def _read_row(folder, row, ordered, pixel_level, image_size, mask_size):
                 number = png[..., 0] + 256 * png[..., 1]
                 at_mask_size = _resize(number.astype(np.int32), mask_size, nearest=True)
                 labels = np.where(at_mask_size > 0, at_mask_size, labels)
-            found[category] = (True, labels if entries else None)
+            found[category] = (True, {int(number): np.packbits(labels == number)
+                                      for number in np.unique(labels) if number} if entries else None)
         else:
             found[category] = (False, {int(e) for e in entries} if entries else None)
     return resized, found
@@ -125,22 +131,30 @@ def _assemble(rows, images, per_image, ordered, categories, pixel_level, names, 
         for found in per_image:
             is_pixel, value = found[category]
             if value is not None:
-                present |= set(np.unique(value).tolist()) - {0} if is_pixel else value
+                present |= set(value)
         concepts += [(category, number) for number in sorted(present)]
     n_pixel = sum(pixel_level[c] for c, _ in concepts)
-    masks = np.zeros((len(rows), n_pixel, mask_size, mask_size), dtype=bool)
+    column = {concept: j for j, concept in enumerate(concepts)}
+    pair_image, pair_concept, pair_bits = [], [], []
     image_labels = np.zeros((len(rows), len(concepts) - n_pixel), dtype=bool)
     annotated = np.zeros((len(rows), len(categories)), dtype=bool)
     for i, found in enumerate(per_image):
-        for j, (category, number) in enumerate(concepts):
-            value = found[category][1]
+        present = []
+        for category, (is_pixel, value) in found.items():
             annotated[i, categories.index(category)] = value is not None
-            if value is None:
-                continue
-            if j < n_pixel:
-                masks[i, j] = value == number
-            else:
-                image_labels[i, j - n_pixel] = number in value
+            for number in value or ():
+                if is_pixel:
+                    present.append((column[category, number], value[number]))
+                else:
+                    image_labels[i, column[category, number] - n_pixel] = True
+        for j, bits in sorted(present, key=lambda pair: pair[0]):
+            pair_image.append(i)
+            pair_concept.append(j)
+            pair_bits.append(bits)
+    n_bytes = -(-mask_size * mask_size // 8)
+    bits = np.stack(pair_bits) if pair_bits else np.zeros((0, n_bytes), dtype=np.uint8)
+    masks = SparsePackedMasks(torch.tensor(pair_image, dtype=torch.int64), torch.tensor(pair_concept, dtype=torch.int64),
+                              torch.from_numpy(bits), len(rows), n_pixel)
     counts = {}
     for _, number in concepts:
         counts[number] = counts.get(number, 0) + 1
@@ -148,8 +162,7 @@ def _assemble(rows, images, per_image, ordered, categories, pixel_level, names, 
                 "category": category, "level": "pixel" if j < n_pixel else "image",
                 "description": f"Broden label {number} in category {category}"}
                for j, (category, number) in enumerate(concepts)]
-    probe_images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    return {"images": probe_images, "labels": torch.full((len(rows),), -1, dtype=torch.int64),
-            "indices": torch.arange(len(rows)), "mask_size": mask_size, "concepts": records,
+    return {"images": images, "labels": torch.full((len(rows),), -1, dtype=torch.int64),
+            "indices": torch.arange(len(rows)), "mask_size": mask_size, "pixel_masks": masks, "concepts": records,
             "categories": categories, "image_labels": torch.from_numpy(image_labels),
-            "annotated": torch.from_numpy(annotated), "source": "broden"}, masks
+            "annotated": torch.from_numpy(annotated), "source": "broden"}

@@ -19,8 +19,13 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+# Above this share of (image, pixel concept) pairs present in a batch, IoUTally multiplies every
+# mask at once (one batched product); below it, each image's present masks only.
+DENSE_SHARE = 0.25
 
 
 def values_needed(n_values: int, quantile: float) -> int:
@@ -97,14 +102,46 @@ class IoUTally:
                annotated: torch.Tensor) -> None:
         """masks: bool B x units x P; pixel_masks: bool B x pixel concepts x P; image_labels: bool
         B x image concepts; annotated: bool B x categories."""
+        present = pixel_masks.any(dim=2)                                           # B x pixel concepts
+        self._update(masks, present, lambda: pixel_masks, lambda b, columns: pixel_masks[b, columns],
+                     image_labels, annotated)
+
+    def update_packed(self, masks: torch.Tensor, packed: torch.Tensor, image_labels: torch.Tensor,
+                      annotated: torch.Tensor) -> None:
+        """update() with the pixel masks bit-packed (uint8 B x pixel concepts x ceil(P / 8),
+        numpy.packbits order, as the probe set holds them): where few concepts are present on an
+        image, only those masks are unpacked, so a probe of a thousand concepts and a few per
+        image costs what a few concepts cost."""
+        positions = masks.shape[2]
+        present = (packed != 0).any(dim=2)
+
+        def unpack(array):
+            return torch.from_numpy(np.unpackbits(array, axis=-1, count=positions).view(bool))
+        self._update(masks, present, lambda: unpack(packed.numpy()),
+                     lambda b, columns: unpack(packed[b, columns].numpy()), image_labels, annotated)
+
+    def _update(self, masks, present, all_rows, pixel_rows, image_labels, annotated) -> None:
+        """The counts of update(). all_rows(): every pixel mask (bool B x pixel concepts x P);
+        pixel_rows(b, columns): image b's masks of those concepts (bool len(columns) x P).
+        A concept absent from an image adds nothing, so where few are present each image
+        multiplies its unit masks by its present masks only; the sums are whole numbers, exact
+        in float32 below 2^24, so both ways give the same counts."""
         positions = masks.shape[2]
         as_float = masks.float()
-        # sums of at most B * P ones per entry: exact in float32 below 2^24
-        self.intersection[:, :self.n_pixel] += torch.bmm(as_float, pixel_masks.float().transpose(1, 2)).sum(0).double()
+        if self.n_pixel and float(present.float().mean()) > DENSE_SHARE:
+            rows = all_rows()
+            self.intersection[:, :self.n_pixel] += torch.bmm(as_float, rows.float().transpose(1, 2)).sum(0).double()
+            self.concept_area[:self.n_pixel] += rows.sum(dim=(0, 2)).double()
+        elif self.n_pixel:
+            for b in range(len(masks)):
+                columns = present[b].nonzero().flatten()
+                if len(columns):
+                    rows = pixel_rows(b, columns)                                  # present concepts x P
+                    self.intersection[:, columns] += (as_float[b] @ rows.float().T).double()
+                    self.concept_area[columns] += rows.sum(dim=1).double()
         area = as_float.sum(dim=2).double()                                        # B x units
         self.intersection[:, self.n_pixel:] += area.T @ image_labels.double()
         self.unit_area += area.T @ annotated.double()
-        self.concept_area[:self.n_pixel] += pixel_masks.sum(dim=(0, 2)).double()
         self.concept_area[self.n_pixel:] += image_labels.sum(dim=0).double() * positions
 
     def iou(self) -> torch.Tensor:
