@@ -48,3 +48,19 @@ def test_sweep_speed_times_both_and_checks_they_agree():
     fast_s, slow_s, agree = sweep_speed(200, 16, repeats=2)
     assert 0 < fast_s < math.inf and 0 < slow_s < math.inf and agree is True
     assert sweep_speed(200, 16, loop=False, repeats=1)[1:] == (None, None)
+
+
+def test_the_scale_cost_model_recovers_a_known_cost_and_reads_it_at_broden():
+    from bench.scale import BRODEN, fit, predict
+    truth = (12.0, 0.05, 2e-5)                              # t = a + N (b + c C)
+    points = [(n, c, truth[0] + n * (truth[1] + truth[2] * c)) for n in (1000, 2000, 4000) for c in (300, 1200)]
+    assert fit(points) == pytest.approx(truth, rel=1e-6)
+    assert predict(fit(points), *BRODEN) == pytest.approx(12.0 + 63305 * (0.05 + 2e-5 * 1197), rel=1e-6)
+    one_concept_count = [(n, 300, 3.0 + 0.1 * n) for n in (1000, 2000)]     # no C to fit: c is 0
+    assert fit(one_concept_count) == pytest.approx((3.0, 0.1, 0.0), abs=1e-9)
+
+
+def test_the_scale_benchmark_names_a_task_it_does_not_have():
+    from bench.scale import main
+    with pytest.raises(SystemExit, match="--skip names gpu; allowed: dissect, compose, wpmi, engine, plain"):
+        main(["--skip", "gpu"])
