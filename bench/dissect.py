@@ -43,7 +43,7 @@ def plain_iou(maps, thresholds, pixel, image_labels, annotated, category, mask_s
         for i in range(n_images):
             up = F.interpolate(maps[i:i + 1, u:u + 1], size=(mask_size, mask_size), mode="bilinear",
                                align_corners=False)[0, 0].numpy().ravel()
-            mask = up >= float(thresholds[u])
+            mask = up > float(thresholds[u])
             area = mask.sum()
             for k in range(annotated.shape[1]):
                 if annotated[i, k]:
