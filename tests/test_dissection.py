@@ -77,6 +77,29 @@ def test_packed_and_sparse_counts_equal_the_brute_force(share):
     assert np.allclose(plain.iou().numpy(), brute_force_iou(unit, pixel, image, annotated, category))
 
 
+def test_firing_masks_are_unit_masks_where_a_map_can_fire_and_give_the_same_counts():
+    gen = torch.Generator().manual_seed(5)
+    maps = torch.rand(6, 5, 3, 3, generator=gen) ** 4              # most maps stay under their threshold
+    maps[2, 1] = 0.0                                               # a silent map, threshold 0: empty mask
+    thresholds = torch.tensor([0.5, 0.0, 0.7, 0.9, 0.3])
+    dense = dissection.unit_masks(maps, thresholds, 8)
+    image, unit, rows = dissection.firing_unit_masks(maps, thresholds, 8, budget=64 * 3)  # several chunks
+    assert torch.equal(rows, dense[image, unit])
+    skipped = torch.ones(6, 5, dtype=torch.bool)
+    skipped[image, unit] = False
+    assert not dense[skipped].any() and skipped.any()
+    assert torch.all(image[1:] >= image[:-1])                      # image-major
+    n_pixel = 3
+    pixel = torch.rand(6, n_pixel, 8, 8, generator=gen) < 0.4
+    pixel[1] = False
+    args = torch.rand(6, 2, generator=gen) < 0.5, torch.ones(6, 4, dtype=torch.bool)
+    by_masks, by_rows = (dissection.IoUTally(5, n_pixel, 2, [0, 1, 2, 3, 3], 4) for _ in range(2))
+    by_masks.update(dense, pixel.flatten(2), *args)
+    by_rows.update_rows(image, unit, rows, pack_masks(pixel), *args)
+    for key in ("intersection", "unit_area", "concept_area"):
+        assert torch.equal(getattr(by_masks, key), getattr(by_rows, key)), key
+
+
 def test_a_unit_that_is_a_concept_gets_iou_one():
     concept = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(1)) > 0.5
     maps = concept.float() * 3.0                                # active exactly where the concept is

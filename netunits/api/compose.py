@@ -193,7 +193,8 @@ def positions_by_unit(units: list[np.ndarray], positions: list[np.ndarray], n_un
     positions = np.concatenate(positions) if positions else np.zeros(0, dtype=np.int64)
     order = np.argsort(units, kind="stable")
     bounds = np.searchsorted(units[order], np.arange(n_units + 1))
-    return [np.sort(positions[order][bounds[u]:bounds[u + 1]]) for u in range(n_units)]
+    grouped = positions[order]
+    return [np.sort(grouped[bounds[u]:bounds[u + 1]]) for u in range(n_units)]
 
 
 def check_layers(config: ComposeParams, tallies: Mapping, source: str = PARAMS_FILE) -> None:

@@ -24,12 +24,12 @@ from netunits.methods.dissection import (
     TopValues,
     add_histogram,
     dissect_batch_chunks,
+    firing_unit_masks,
     iou_from_counts,
     merge_kept_top_images,
     merge_top_images,
     merge_top_values,
     quantile_from_top,
-    unit_masks,
     values_needed,
 )
 from netunits.models.registry import load_checkpoint
@@ -226,8 +226,8 @@ def count_shard(inputs: DissectInputs, config: Any, runtime: Any, thresholds: Di
             maps = maps.float()
             add_histogram(histograms[name], maps.transpose(0, 1).flatten(1), thresholds.top[name][:, 0])
             for lo, hi in dissect_batch_chunks(n, maps.shape[1], mask_size * mask_size):
-                masks = unit_masks(maps[lo:hi], thresholds.thresholds[name], mask_size)
-                tallies[name].update_packed(masks, packed[lo:hi], image_labels[lo:hi], annotated[lo:hi])
+                image, unit, masks = firing_unit_masks(maps[lo:hi], thresholds.thresholds[name], mask_size)
+                tallies[name].update_rows(image, unit, masks, packed[lo:hi], image_labels[lo:hi], annotated[lo:hi])
             best[name] = merge_top_images(best[name], maps, at, config.top_images)
     counts = {name: {"intersection": t.intersection, "unit_area": t.unit_area, "concept_area": t.concept_area,
                      "histogram": histograms[name]} for name, t in tallies.items()}

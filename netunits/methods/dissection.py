@@ -23,10 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Above this share of (image, pixel concept) pairs present in a batch, IoUTally multiplies every
-# mask at once (one batched product); below it, each image's present masks only.
-DENSE_SHARE = 0.25
-
 
 def values_needed(n_values: int, quantile: float) -> int:
     """How many of the largest values numpy's (linear) quantile of n_values reads."""
@@ -83,6 +79,36 @@ def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, mask_size: int) -> 
     return (maps > thresholds.view(1, -1, 1, 1)).flatten(2)
 
 
+def may_fire(maps: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, unit) of the maps (images x units x h x w) whose mask can have a set position, in
+    image-major order. Bilinear upsampling mixes source values with weights that sum to one, so
+    it never exceeds the map's largest value by more than rounding; a map whose largest value is
+    below the threshold by more than a generous rounding margin has an empty mask."""
+    flat = maps.flatten(2)
+    peaks = flat.amax(2)
+    margin = 1e-5 * flat.abs().amax(2)
+    return torch.nonzero(peaks + margin >= thresholds.view(1, -1), as_tuple=True)
+
+
+def firing_unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, mask_size: int,
+                      budget: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """unit_masks for the maps that may fire only: (image, unit, masks bool K x mask_size^2), image
+    major. Every other map's mask is empty. Each map is upsampled on its own, as unit_masks does
+    (the same values: interpolation works plane by plane), so a unit that fires on a few images
+    costs a few upsamplings."""
+    image, unit = may_fire(maps, thresholds)
+    step = max(1, budget // (mask_size * mask_size))
+    rows = []
+    for first in range(0, len(image), step):
+        i, u = image[first:first + step], unit[first:first + step]
+        selected = maps[i, u].float()[:, None]
+        if selected.shape[-1] != mask_size or selected.shape[-2] != mask_size:
+            selected = F.interpolate(selected, size=(mask_size, mask_size), mode="bilinear", align_corners=False)
+        rows.append(selected.flatten(1) > thresholds[u].view(-1, 1))
+    masks = torch.cat(rows) if rows else torch.zeros(0, mask_size * mask_size, dtype=torch.bool)
+    return image, unit, masks
+
+
 class IoUTally:
     """Intersections and areas for IoU(unit, concept), added up over batches of images.
 
@@ -92,6 +118,7 @@ class IoUTally:
     def __init__(self, n_units: int, n_pixel_concepts: int, n_image_concepts: int,
                  concept_category: Sequence[int] | torch.Tensor, n_categories: int) -> None:
         n_concepts = n_pixel_concepts + n_image_concepts
+        self.n_units = n_units
         self.n_pixel = n_pixel_concepts
         self.category = torch.as_tensor(concept_category, dtype=torch.int64)
         self.intersection = torch.zeros(n_units, n_concepts, dtype=torch.float64)
@@ -102,44 +129,51 @@ class IoUTally:
                annotated: torch.Tensor) -> None:
         """masks: bool B x units x P; pixel_masks: bool B x pixel concepts x P; image_labels: bool
         B x image concepts; annotated: bool B x categories."""
+        image, unit = masks.any(dim=2).nonzero(as_tuple=True)
         present = pixel_masks.any(dim=2)                                           # B x pixel concepts
-        self._update(masks, present, lambda: pixel_masks, lambda b, columns: pixel_masks[b, columns],
+        self._update(image, unit, masks[image, unit], present, lambda b, columns: pixel_masks[b, columns],
                      image_labels, annotated)
 
     def update_packed(self, masks: torch.Tensor, packed: torch.Tensor, image_labels: torch.Tensor,
                       annotated: torch.Tensor) -> None:
         """update() with the pixel masks bit-packed (uint8 B x pixel concepts x ceil(P / 8),
-        numpy.packbits order, as the probe set holds them): where few concepts are present on an
-        image, only those masks are unpacked, so a probe of a thousand concepts and a few per
-        image costs what a few concepts cost."""
-        positions = masks.shape[2]
+        numpy.packbits order, as the probe set holds them)."""
+        image, unit = masks.any(dim=2).nonzero(as_tuple=True)
+        self.update_rows(image, unit, masks[image, unit], packed, image_labels, annotated)
+
+    def update_rows(self, image: torch.Tensor, unit: torch.Tensor, masks: torch.Tensor, packed: torch.Tensor,
+                    image_labels: torch.Tensor, annotated: torch.Tensor) -> None:
+        """update_packed() with the unit masks given as rows (firing_unit_masks): masks[k] is unit
+        unit[k]'s on image image[k] (image-major order); every mask not given is empty. Only the
+        concept masks present on an image are unpacked, so a probe of a thousand concepts and a
+        few per image costs what a few concepts cost."""
+        positions = masks.shape[1]
         present = (packed != 0).any(dim=2)
 
-        def unpack(array):
-            return torch.from_numpy(np.unpackbits(array, axis=-1, count=positions).view(bool))
-        self._update(masks, present, lambda: unpack(packed.numpy()),
-                     lambda b, columns: unpack(packed[b, columns].numpy()), image_labels, annotated)
+        def pixel_rows(b, columns):
+            return torch.from_numpy(np.unpackbits(packed[b, columns].numpy(), axis=-1, count=positions).view(bool))
+        self._update(image, unit, masks, present, pixel_rows, image_labels, annotated)
 
-    def _update(self, masks, present, all_rows, pixel_rows, image_labels, annotated) -> None:
-        """The counts of update(). all_rows(): every pixel mask (bool B x pixel concepts x P);
-        pixel_rows(b, columns): image b's masks of those concepts (bool len(columns) x P).
-        A concept absent from an image adds nothing, so where few are present each image
-        multiplies its unit masks by its present masks only; the sums are whole numbers, exact
-        in float32 below 2^24, so both ways give the same counts."""
-        positions = masks.shape[2]
+    def _update(self, image, unit, masks, present, pixel_rows, image_labels, annotated) -> None:
+        """The counts of update_rows(). present: bool B x pixel concepts; pixel_rows(b, columns):
+        image b's masks of those concepts (bool len(columns) x P). Per image, its firing units'
+        masks times its present concept masks: the sums are whole numbers, exact in float32 below
+        2^24, and an empty or absent mask adds nothing."""
+        n_batch, positions = len(annotated), masks.shape[1]
         as_float = masks.float()
-        if self.n_pixel and float(present.float().mean()) > DENSE_SHARE:
-            rows = all_rows()
-            self.intersection[:, :self.n_pixel] += torch.bmm(as_float, rows.float().transpose(1, 2)).sum(0).double()
-            self.concept_area[:self.n_pixel] += rows.sum(dim=(0, 2)).double()
-        elif self.n_pixel:
-            for b in range(len(masks)):
+        area = torch.zeros(n_batch, self.n_units, dtype=torch.float64)             # B x units
+        area[image, unit] = as_float.sum(dim=1).double()
+        if self.n_pixel:
+            bounds = torch.searchsorted(image, torch.arange(n_batch + 1)).tolist()
+            for b in range(n_batch):
                 columns = present[b].nonzero().flatten()
-                if len(columns):
-                    rows = pixel_rows(b, columns)                                  # present concepts x P
-                    self.intersection[:, columns] += (as_float[b] @ rows.float().T).double()
-                    self.concept_area[columns] += rows.sum(dim=1).double()
-        area = as_float.sum(dim=2).double()                                        # B x units
+                if not len(columns):
+                    continue
+                rows = pixel_rows(b, columns)                                      # present concepts x P
+                self.concept_area[columns] += rows.sum(dim=1).double()
+                lo, hi = bounds[b], bounds[b + 1]
+                if hi > lo:
+                    self.intersection[unit[lo:hi, None], columns[None]] += (as_float[lo:hi] @ rows.float().T).double()
         self.intersection[:, self.n_pixel:] += area.T @ image_labels.double()
         self.unit_area += area.T @ annotated.double()
         self.concept_area[self.n_pixel:] += image_labels.sum(dim=0).double() * positions

@@ -21,6 +21,7 @@ from numpy.typing import ArrayLike
 
 from netunits.data.probe import unpack_masks
 from netunits.errors import PipelineError
+from netunits.methods.dissection import may_fire
 from netunits.methods.formula import CONNECTORS, EXPANDED, Formula, leaves
 
 
@@ -144,11 +145,9 @@ def unit_mask_positions(maps: torch.Tensor, thresholds: torch.Tensor, size: int,
     """(image, unit, position) of every set position of the units' masks on a batch of maps
     (images x units x h x w): each map upsampled bilinearly to size x size (as network dissection
     does) and above its unit's threshold, or the map itself when it is size x size already.
-    Only maps whose maximum exceeds the threshold are upsampled: bilinear interpolation never
-    exceeds the largest of its four source values, so the others have empty masks."""
+    Only the maps that may fire are upsampled (netunits.methods.dissection.may_fire)."""
     thresholds = thresholds.float()
-    peaks = maps.flatten(2).amax(2)
-    image, unit = torch.nonzero(peaks > thresholds[None], as_tuple=True)
+    image, unit = may_fire(maps, thresholds)
     found = [[], [], []]
     step = max(1, budget // (size * size))
     for first in range(0, len(image), step):
