@@ -149,10 +149,9 @@ def child_dissect(arch: str, probe_file: str) -> dict:
 
 
 def child_compose(probe_file: str, n_units: int) -> dict:
-    from netunits.api.compose import unit_positions
+    from netunits.api.compose import search_primitives, unit_positions
     from netunits.data.probe import load_probe
-    from netunits.methods.compose_search import Primitives, search_units
-    from netunits.methods.formula_masks import concept_masks
+    from netunits.methods.compose_search import search_units
     from netunits.params import load_params
     config = load_params(ROOT / "params.yaml", required=("compose",)).compose
     with AnonymousPeak() as anonymous:
@@ -161,8 +160,7 @@ def child_compose(probe_file: str, n_units: int) -> dict:
         grid = 7                                                   # ResNet50's layer4 at 224 px
         size = probe["mask_size"] if config.resolution == "mask" else grid
         start = time.perf_counter()
-        primitives = Primitives(concept_masks(probe, config.resolution, size, config.downsample_min), grid,
-                                config.connectors, config.expand)
+        primitives = search_primitives(probe, config, size, grid)
         masks_s = time.perf_counter() - start
         run = dict(batch_size=BATCH, device=torch.device("cpu"), precision="fp32", input_spec=None, key="layers")
         start = time.perf_counter()
@@ -171,7 +169,8 @@ def child_compose(probe_file: str, n_units: int) -> dict:
         firing = [p for p in positions if len(p)][:n_units]
         start = time.perf_counter()
         found = search_units(primitives, firing, connectors=config.connectors, beam=config.beam,
-                             max_length=config.max_length, candidates=config.candidates)
+                             max_length=config.max_length, candidates=config.candidates, score=config.score,
+                             r=config.imrou_r, penalty=config.length_penalty)
         search_s = time.perf_counter() - start
     per_unit = search_s / max(1, len(firing))
     return {"seconds": masks_s + forward_s + per_unit * len(positions), "masks_s": masks_s, "forward_s": forward_s,

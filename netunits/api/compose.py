@@ -22,6 +22,7 @@ from netunits.data.probe import load_probe, pack_masks
 from netunits.errors import PipelineError
 from netunits.files import file_sha256, load_checked, remove_stale_temps, save_torch, write_csv, write_json
 from netunits.methods.compose_search import Primitives, search_units
+from netunits.methods.compose_sparse import sparse_primitives, sparse_search_applies
 from netunits.methods.formula import Formula, to_string
 from netunits.methods.formula_masks import concept_masks, formula_mask_on, unit_mask_positions
 from netunits.models.registry import load_checkpoint
@@ -205,6 +206,16 @@ def check_layers(config: ComposeParams, tallies: Mapping, source: str = PARAMS_F
                                 f"layers (dissect.layers): {', '.join(tallies['per_layer'])}")
 
 
+def search_primitives(probe: Mapping, config: ComposeParams, size: int, grid: int):
+    """The concept masks the search combines: kept only where present (compose_sparse) for the
+    connectors OR, AND, AND NOT and WITH without expansion; dense otherwise (the spatial
+    connectors and expanded primitives). Both give the same counts, so the same formulas."""
+    if sparse_search_applies(config.connectors, config.expand):
+        return sparse_primitives(probe, config.resolution, size, config.downsample_min)
+    return Primitives(concept_masks(probe, config.resolution, size, config.downsample_min), grid,
+                      config.connectors, config.expand)
+
+
 def compose_layer(inputs: ComposeInputs, layer: str, config: ComposeParams, runtime: Runtime) -> LayerFormulas:
     """One layer's formulas: the units' masks from a model pass, the concept masks bit-packed,
     the beam search, and each formula's mask on its unit's top images."""
@@ -212,8 +223,7 @@ def compose_layer(inputs: ComposeInputs, layer: str, config: ComposeParams, runt
     thresholds, probe = per_layer["thresholds"], inputs.probe
     grid = per_layer["top_maps"].shape[-1]                       # the layer's own cells per side
     size = probe["mask_size"] if config.resolution == "mask" else grid
-    primitives = Primitives(concept_masks(probe, config.resolution, size, config.downsample_min), grid,
-                            config.connectors, config.expand)
+    primitives = search_primitives(probe, config, size, grid)
     run = dict(batch_size=config.batch_size, device=runtime.device, precision=runtime.precision,
                input_spec=inputs.input_spec, key="compose.layers")
     positions = unit_positions(inputs.model, probe, layer, thresholds, size, primitives.words, run)

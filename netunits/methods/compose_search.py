@@ -83,6 +83,22 @@ class Primitives:
     def near_of(self, bits: np.ndarray) -> np.ndarray:
         return pack(near(unpack(bits, self.size), self.grid))
 
+    # the search's protocol (compose_sparse.SparsePrimitives answers the same calls)
+    def unit_view(self, flat_positions: np.ndarray) -> "UnitView":
+        return UnitView(self, flat_positions)
+
+    def single_counts(self, view: "UnitView") -> tuple[np.ndarray, np.ndarray]:
+        """(|U and B|, sum_i |U_i| |B_i|) for every primitive B."""
+        return view.values.sum(1, dtype=np.int64), self.image_area @ view.per_image
+
+    def formula_counts(self, formula: Formula, connectors: Sequence[str]) -> "FormulaCounts":
+        return FormulaCounts(self, formula, connectors)
+
+    def extensions(self, view: "UnitView", counts: "FormulaCounts", single_inter: np.ndarray,
+                   single_dot: np.ndarray, keep: list[int], connectors: Sequence[str],
+                   with_dot: bool) -> dict[str, tuple]:
+        return extension_counts(self, view, counts, keep, connectors)
+
 
 class FormulaCounts:
     """A formula's counts against every primitive B, per image (primitives x images): its own
@@ -116,14 +132,28 @@ class UnitView:
         self.near_values = gather(primitives.near_bits, flat_positions) if primitives.with_near else None
 
 
-def extensions(primitives: Primitives, view: UnitView, counts: FormulaCounts, formula: Formula,
-               candidates: Iterable[int], connectors: Sequence[str]) -> list[tuple]:
+def extensions(primitives, view, counts, formula: Formula, candidates: Iterable[int], connectors: Sequence[str],
+               single: tuple[np.ndarray, np.ndarray] | None = None, with_dot: bool = True) -> list[tuple]:
     """(formula, |U and F'|, |F'|, sum_i |U_i| |F'_i|) for every F' = formula <connector> B, B a
-    candidate not already in the formula, by inclusion-exclusion from the counts."""
+    candidate not already in the formula, by inclusion-exclusion from the counts. primitives:
+    Primitives or compose_sparse.SparsePrimitives; single: its single_counts(view)."""
     used = set(leaves(formula))
     keep = [j for j in candidates if primitives.names[j] not in used]
     if not keep:
         return []
+    single = primitives.single_counts(view) if single is None else single
+    found = primitives.extensions(view, counts, single[0], single[1], keep, connectors, with_dot)
+    rows = []
+    for i, j in enumerate(keep):
+        for op in connectors:
+            inter, area, dot = found[op]
+            rows.append(((op, formula, primitives.names[j]), inter[i], area[i], dot[i]))
+    return rows
+
+
+def extension_counts(primitives: Primitives, view: UnitView, counts: FormulaCounts, keep: list[int],
+                     connectors: Sequence[str]) -> dict[str, tuple]:
+    """{connector: (|U and F'|, |F'|, sum_i |U_i| |F'_i|) per primitive of keep}, from the dense masks."""
     b = gather(counts.bits, view.positions).astype(np.float32)     # the formula at the unit's positions
     own_inter, own_area = float(b.sum(dtype=np.float64)), counts.area
     own_dot = counts.image_area @ view.per_image
@@ -157,12 +187,7 @@ def extensions(primitives: Primitives, view: UnitView, counts: FormulaCounts, fo
             found[op] = (view.near_values[keep].astype(np.float32) @ b + values @ near_f_at_unit - both,
                          per_image.sum(1),
                          per_image @ view.per_image)
-    rows = []
-    for i, j in enumerate(keep):
-        for op in connectors:
-            inter, area, dot = found[op]
-            rows.append(((op, formula, primitives.names[j]), inter[i], area[i], dot[i]))
-    return rows
+    return found
 
 
 def search_units(primitives: Primitives, unit_positions: Sequence[np.ndarray],
@@ -180,12 +205,12 @@ def search_units(primitives: Primitives, unit_positions: Sequence[np.ndarray],
     """
     cells = primitives.size * primitives.size
     options = dict(score=score, r=r, cells=cells, penalty=penalty)
-    views, results, beams = [], [], []
+    views, singles, results, beams = [], [], [], []
     for positions in unit_positions:
-        view = UnitView(primitives, np.asarray(positions, dtype=np.int64))
+        view = primitives.unit_view(np.asarray(positions, dtype=np.int64))
         views.append(view)
-        inter = view.values.sum(1, dtype=np.int64)
-        dot = primitives.image_area @ view.per_image
+        inter, dot = primitives.single_counts(view)
+        singles.append((inter, dot))
         scores = score_from_counts(inter, primitives.area, view.area, dot, 1, unit_square=view.square, **options)
         ious = score_from_counts(inter, primitives.area, view.area, dot, 1)
         order = np.argsort(-scores, kind="stable")
@@ -207,10 +232,11 @@ def search_units(primitives: Primitives, unit_positions: Sequence[np.ndarray],
                 by_formula.setdefault(entry[3], (entry[2], []))[1].append(unit)
         found = [[] for _ in beams]
         for formula, units in progress(list(by_formula.values()), f"length {length}"):
-            counts = FormulaCounts(primitives, formula, connectors)
+            counts = primitives.formula_counts(formula, connectors)
             for unit in units:
                 view = views[unit]
-                rows = extensions(primitives, view, counts, formula, results[unit]["candidates"], connectors)
+                rows = extensions(primitives, view, counts, formula, results[unit]["candidates"], connectors,
+                                  singles[unit], score != "iou")
                 if not rows:
                     continue
                 inter, area, dot = (np.array([row[k] for row in rows]) for k in (1, 2, 3))
