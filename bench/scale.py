@@ -149,12 +149,15 @@ def child_dissect(arch: str, probe_file: str) -> dict:
 
 
 def child_compose(probe_file: str, n_units: int) -> dict:
-    from netunits.api.compose import search_primitives, unit_positions
+    """compose as the stage runs it on ResNet50's layer4: the concept masks, one forward pass
+    keeping the maps that may fire (spilled to a file), then one chunk of units' masks built from
+    them and `n_units` of those searched; the masks and search times per unit are read x 2,048."""
+    from netunits.api.compose import UNIT_CHUNK, fired_maps_shard, positions_of_units, search_primitives
     from netunits.data.probe import load_probe
     from netunits.methods.compose_search import search_units
     from netunits.params import load_params
     config = load_params(ROOT / "params.yaml", required=("compose",)).compose
-    with AnonymousPeak() as anonymous:
+    with AnonymousPeak() as anonymous, tempfile.TemporaryFile() as spill:
         probe = load_probe(probe_file)
         thresholds = torch.load(Path(probe_file).with_suffix(".rn50-thresholds.pt"), weights_only=True)
         grid = 7                                                   # ResNet50's layer4 at 224 px
@@ -164,8 +167,12 @@ def child_compose(probe_file: str, n_units: int) -> dict:
         masks_s = time.perf_counter() - start
         run = dict(batch_size=BATCH, device=torch.device("cpu"), precision="fp32", input_spec=None, key="layers")
         start = time.perf_counter()
-        positions = unit_positions(model("resnet50"), probe, "layer4", thresholds, size, primitives.words, run)
+        fired = fired_maps_shard(model("resnet50"), probe, "layer4", thresholds, run, (0, len(probe["images"])),
+                                 spill)
         forward_s = time.perf_counter() - start
+        start = time.perf_counter()
+        positions = positions_of_units(fired, thresholds, size, primitives.words, range(UNIT_CHUNK))
+        unit_masks_s = (time.perf_counter() - start) / UNIT_CHUNK
         firing = [p for p in positions if len(p)][:n_units]
         start = time.perf_counter()
         found = search_units(primitives, firing, connectors=config.connectors, beam=config.beam,
@@ -173,9 +180,11 @@ def child_compose(probe_file: str, n_units: int) -> dict:
                              r=config.imrou_r, penalty=config.length_penalty)
         search_s = time.perf_counter() - start
     per_unit = search_s / max(1, len(firing))
-    return {"seconds": masks_s + forward_s + per_unit * len(positions), "masks_s": masks_s, "forward_s": forward_s,
-            "search_per_unit_s": per_unit, "units_searched": len(firing), "resolution": config.resolution,
+    return {"seconds": masks_s + forward_s + (unit_masks_s + per_unit) * N_UNITS_RN50_LAYER4, "masks_s": masks_s,
+            "forward_s": forward_s, "unit_masks_per_unit_s": unit_masks_s, "search_per_unit_s": per_unit,
+            "units_searched": len(firing), "resolution": config.resolution,
             "formulas_per_unit": sum(r["evaluated"] for r in found) / max(1, len(found)),
+            "fired_maps_mib": fired.maps.nbytes / 2 ** 20,
             "anonymous_mib": anonymous.mib, "rss_mib": peak_rss_mib()}
 
 
@@ -354,9 +363,10 @@ def report(results: dict) -> str:
                          f"{r['pass1_s']:.1f} s, pass 2 (forward, IoU counts) {r['pass2_s']:.1f} s")
         if r["task"].startswith("compose"):
             lines.append(f"- {r['task']}, {r['images']} x {r['concepts']}: concept masks {r['masks_s']:.1f} s, "
-                         f"forward {r['forward_s']:.1f} s, search {r['search_per_unit_s']:.2f} s per unit "
-                         f"({r['formulas_per_unit']:.0f} formulas; {r['units_searched']} units searched, "
-                         f"resolution {r['resolution']})")
+                         f"forward {r['forward_s']:.1f} s (fired maps {r['fired_maps_mib']:.0f} MiB, on disk), "
+                         f"unit masks {r['unit_masks_per_unit_s'] * 1e3:.1f} ms and search "
+                         f"{r['search_per_unit_s']:.3f} s per unit ({r['formulas_per_unit']:.0f} formulas; "
+                         f"{r['units_searched']} units searched, resolution {r['resolution']})")
     if "engine" in results:
         e = results["engine"]
         base, two = e["one process, 2 threads"]["stage_s"], e["dask, 2 workers of 1 thread"]["stage_s"]

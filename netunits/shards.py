@@ -9,8 +9,8 @@ image gives.
 - dissect, pass 2 (count_shard): the IoU intersections and areas and the histograms are whole
   numbers that add; each unit's top images are the best of the shards' bests (a stable sort, so
   among equal peaks the earlier image stays, as in one pass).
-- compose (netunits.api.compose.unit_positions_shard): each unit's mask positions, which carry
-  their probe image index; concatenated in image order they stay sorted.
+- compose (netunits.api.compose.fired_maps_shard): the activation maps that may fire, with their
+  probe image index and unit; concatenated in image order, each unit's masks come out sorted.
 - clip_dissect (clip_summaries_shard): each unit's value per image, concatenated in image order.
 
 A shard holds whole batches of its method's batch size (shard_ranges), so it runs the very
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from netunits.api.clip_dissect import ClipDissectInputs, unit_summaries
-from netunits.api.compose import ComposeInputs, merge_position_shards, unit_positions_shard
+from netunits.api.compose import ComposeInputs, fired_maps_shard, merge_fired_maps, positions_of_units
 from netunits.api.dissect import (
     DissectInputs,
     DissectResult,
@@ -76,8 +76,9 @@ def compose_positions_in_shards(inputs: ComposeInputs, layer: str, config: Any, 
                input_spec=inputs.input_spec, key="compose.layers")
     ranges = shard_ranges(len(inputs.probe["images"]), shards, config.batch_size, "compose.shards", source,
                           "compose.batch_size")
-    return merge_position_shards([unit_positions_shard(inputs.model, inputs.probe, layer, thresholds, size, words,
-                                                       run, shard) for shard in ranges])
+    fired = merge_fired_maps([fired_maps_shard(inputs.model, inputs.probe, layer, thresholds, run, shard)
+                              for shard in ranges])
+    return positions_of_units(fired, thresholds, size, words, range(len(thresholds)))
 
 
 @dataclass

@@ -10,7 +10,14 @@ import torch
 
 from bench.synthetic_broden import write_synthetic_broden
 from netunits.api.clip_dissect import ClipDissectInputs, unit_summaries
-from netunits.api.compose import ComposeInputs, PositionShard, merge_position_shards, unit_positions
+from netunits.api.compose import (
+    ComposeInputs,
+    FiredMaps,
+    fired_maps_shard,
+    merge_fired_maps,
+    positions_of_units,
+    unit_positions,
+)
 from netunits.api.dissect import (
     DissectInputs,
     count_shard,
@@ -138,10 +145,24 @@ def test_compose_positions_in_shards_equal_the_single_pass(setup, shards, resolu
     assert np.array_equal(per_image, [np.bincount(p // (words * 64), minlength=N_IMAGES) for p in expected])
 
 
-def test_position_shards_must_cover_the_probe_once():
-    part = PositionShard(0, 5, 11, [np.zeros(0, dtype=np.int64)])
+def test_fired_map_shards_must_cover_the_probe_once():
+    part = FiredMaps(0, 5, 11, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2, 2), np.float32))
     with pytest.raises(PipelineError, match=r"compose's unit masks: the shards cover probe images \[\(0, 5\)\]"):
-        merge_position_shards([part])
+        merge_fired_maps([part])
+
+
+def test_fired_maps_spilled_to_a_file_give_the_positions_held_in_memory(setup, tmp_path):
+    model, probe, single = setup
+    thresholds = single.per_layer["layer3"].thresholds
+    run = dict(batch_size=BATCH, device=RUNTIME.device, precision="fp32", input_spec=None, key="compose.layers")
+    held = fired_maps_shard(model, probe, "layer3", thresholds, run, (0, N_IMAGES))
+    with open(tmp_path / "spill", "w+b") as spill:
+        spilled = fired_maps_shard(model, probe, "layer3", thresholds, run, (0, N_IMAGES), spill)
+        assert isinstance(spilled.maps, np.memmap) and np.array_equal(spilled.maps, held.maps)
+        some = range(3, 40)
+        for got, want in zip(positions_of_units(spilled, thresholds, 8, 1, some),
+                             positions_of_units(held, thresholds, 8, 1, some)):
+            assert np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("pool", ["mean", "max"])

@@ -10,6 +10,7 @@ From a notebook, with no files:
 """
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -23,6 +24,7 @@ from netunits.errors import PipelineError
 from netunits.files import file_sha256, load_checked, remove_stale_temps, save_torch, write_csv, write_json
 from netunits.methods.compose_search import Primitives, search_units
 from netunits.methods.compose_sparse import sparse_primitives, sparse_search_applies
+from netunits.methods.dissection import may_fire
 from netunits.methods.formula import Formula, to_string
 from netunits.methods.formula_masks import concept_masks, formula_mask_on, unit_mask_positions
 from netunits.models.registry import load_checkpoint
@@ -31,6 +33,9 @@ from netunits.plots import close, formula_length_figure, save_figure
 from netunits.runtime import Runtime, progress
 
 FIGURE_DPI = 110
+# units searched together: their masks are built from the fired maps for one chunk at a time, so the
+# memory holds a chunk's masks, not the layer's (2,048 units x 4 M positions on Broden)
+UNIT_CHUNK = 128
 
 
 @dataclass
@@ -142,31 +147,51 @@ class ComposeResult:
 
 
 @dataclass
-class PositionShard:
-    """One layer's unit masks over probe images start..stop - 1 of n_images: per unit its sorted
-    flat positions (image * words * 64 + position, image the probe index)."""
+class FiredMaps:
+    """One layer's activation maps that may fire (netunits.methods.dissection.may_fire) on probe
+    images start..stop - 1 of n_images: image (probe index), unit, and the maps (float32 K x h x
+    w, in memory or a memory-mapped spill file), in image order. The others have empty masks."""
     start: int
     stop: int
     n_images: int
-    positions: list[np.ndarray]
+    image: np.ndarray
+    unit: np.ndarray
+    maps: np.ndarray
 
 
-def unit_positions_shard(model: torch.nn.Module, probe: Mapping, layer: str, thresholds: torch.Tensor, size: int,
-                         words: int, run: dict, shard: tuple[int, int]) -> PositionShard:
-    """unit_positions over the probe images shard = (start, stop) only, an independent task."""
+def fired_maps_shard(model: torch.nn.Module, probe: Mapping, layer: str, thresholds: torch.Tensor, run: dict,
+                     shard: tuple[int, int], spill=None) -> FiredMaps:
+    """The maps that may fire on the probe images shard = (start, stop), an independent task.
+    spill: a binary file the maps are written to as they come (then memory-mapped), so that a
+    Broden-sized probe's (gigabytes) never sits in memory; None keeps them in memory."""
     start, stop = shard
-    found = []
+    images, units, kept, shape = [], [], [], None
     for first, outputs, _ in iterate_activations(model, probe["images"][start:stop], [layer], desc=f"{layer} masks",
                                                  **run):
-        image, unit, position = unit_mask_positions(outputs[layer], thresholds, size)
-        found.append((unit.numpy(), (image.numpy() + start + first) * words * 64 + position.numpy()))
-    return PositionShard(start, stop, len(probe["images"]),
-                         positions_by_unit([u for u, _ in found], [p for _, p in found], len(thresholds)))
+        maps = outputs[layer].float()
+        shape = maps.shape[2:]
+        image, unit = may_fire(maps, thresholds.float())
+        images.append(image.numpy() + start + first)
+        units.append(unit.numpy())
+        chosen = maps[image, unit].contiguous().numpy()
+        if spill is None:
+            kept.append(chosen)
+        else:
+            spill.write(chosen.tobytes())
+    image = np.concatenate(images) if images else np.zeros(0, np.int64)
+    unit = np.concatenate(units) if units else np.zeros(0, np.int64)
+    shape = tuple(shape) if shape is not None else (1, 1)
+    if spill is None:
+        maps = np.concatenate(kept) if kept else np.zeros((0, *shape), np.float32)
+    else:
+        spill.flush()
+        maps = (np.memmap(spill, dtype=np.float32, mode="r", shape=(len(image), *shape)) if len(image)
+                else np.zeros((0, *shape), np.float32))
+    return FiredMaps(start, stop, len(probe["images"]), image, unit, maps)
 
 
-def merge_position_shards(parts: list[PositionShard]) -> list[np.ndarray]:
-    """Each unit's positions over the whole probe set: the shards' in image order, concatenated
-    (a later shard's positions are all larger, so each unit's stay sorted)."""
+def merge_fired_maps(parts: list[FiredMaps]) -> FiredMaps:
+    """The shards' fired maps as one run over the whole probe set, in image order."""
     parts = sorted(parts, key=lambda part: part.start)
     bounds = [(part.start, part.stop) for part in parts]
     if not parts or bounds[0][0] != 0 or bounds[-1][1] != parts[0].n_images or \
@@ -174,8 +199,24 @@ def merge_position_shards(parts: list[PositionShard]) -> list[np.ndarray]:
         raise PipelineError(f"compose's unit masks: the shards cover probe images {bounds}; they must cover 0 to "
                             f"{parts[0].n_images if parts else '?'} once, each shard starting where one ends")
     if len(parts) == 1:
-        return parts[0].positions
-    return [np.concatenate([part.positions[unit] for part in parts]) for unit in range(len(parts[0].positions))]
+        return parts[0]
+    return FiredMaps(0, parts[-1].stop, parts[0].n_images, *(np.concatenate([getattr(part, key) for part in parts])
+                                                             for key in ("image", "unit", "maps")))
+
+
+def positions_of_units(fired: FiredMaps, thresholds: torch.Tensor, size: int, words: int,
+                       units: range) -> list[np.ndarray]:
+    """Each of `units`' mask as sorted flat positions (image * words * 64 + position): its fired
+    maps upsampled to size x size (or at the layer's grid) above its threshold."""
+    order = np.argsort(fired.unit, kind="stable")                  # each unit's maps in image order
+    bounds = np.searchsorted(fired.unit[order], np.arange(len(thresholds) + 1))
+    found = []
+    for unit in units:
+        rows = np.sort(order[bounds[unit]:bounds[unit + 1]])
+        maps = torch.from_numpy(np.ascontiguousarray(fired.maps[rows]))
+        pair, position = unit_mask_positions(maps[:, None], thresholds[unit:unit + 1], size)[::2]
+        found.append(fired.image[rows][pair.numpy()] * words * 64 + position.numpy())
+    return found
 
 
 def unit_positions(model: torch.nn.Module, probe: Mapping, layer: str, thresholds: torch.Tensor, size: int,
@@ -184,8 +225,8 @@ def unit_positions(model: torch.nn.Module, probe: Mapping, layer: str, threshold
     activations: upsampled to size x size (resolution mask) or at the layer's own grid.
     run: iterate_activations' batch_size, device, precision, input_spec and key. One shard over
     the whole probe set (netunits.shards runs several)."""
-    shard = (0, len(probe["images"]))
-    return merge_position_shards([unit_positions_shard(model, probe, layer, thresholds, size, words, run, shard)])
+    fired = fired_maps_shard(model, probe, layer, thresholds, run, (0, len(probe["images"])))
+    return positions_of_units(fired, thresholds, size, words, range(len(thresholds)))
 
 
 def positions_by_unit(units: list[np.ndarray], positions: list[np.ndarray], n_units: int) -> list[np.ndarray]:
@@ -226,11 +267,16 @@ def compose_layer(inputs: ComposeInputs, layer: str, config: ComposeParams, runt
     primitives = search_primitives(probe, config, size, grid)
     run = dict(batch_size=config.batch_size, device=runtime.device, precision=runtime.precision,
                input_spec=inputs.input_spec, key="compose.layers")
-    positions = unit_positions(inputs.model, probe, layer, thresholds, size, primitives.words, run)
-    found = search_units(primitives, positions, connectors=config.connectors, beam=config.beam,
-                         max_length=config.max_length, candidates=config.candidates, score=config.score,
-                         r=config.imrou_r, penalty=config.length_penalty,
-                         progress=lambda items, desc: progress(items, f"{layer} {desc}"))
+    found = []
+    with tempfile.TemporaryFile() as spill:
+        fired = fired_maps_shard(inputs.model, probe, layer, thresholds, run, (0, len(probe["images"])), spill)
+        chunks = [range(a, min(a + UNIT_CHUNK, len(thresholds))) for a in range(0, len(thresholds), UNIT_CHUNK)]
+        for units in progress(chunks, f"{layer} search, {UNIT_CHUNK} units at a time"):
+            found += search_units(primitives, positions_of_units(fired, thresholds, size, primitives.words, units),
+                                  connectors=config.connectors, beam=config.beam, max_length=config.max_length,
+                                  candidates=config.candidates, score=config.score, r=config.imrou_r,
+                                  penalty=config.length_penalty)
+        del fired
     top_images = per_layer["top_images"]
     masks = torch.zeros(len(found), top_images.shape[1], size, size, dtype=torch.bool)
     for unit, result in enumerate(found):
