@@ -77,6 +77,15 @@ def test_packed_and_sparse_counts_equal_the_brute_force(share):
     assert np.allclose(plain.iou().numpy(), brute_force_iou(unit, pixel, image, annotated, category))
 
 
+def test_unit_masks_do_not_depend_on_the_maps_memory_layout():
+    maps = torch.rand(4, 32, 7, 7, generator=torch.Generator().manual_seed(2))
+    thresholds = torch.quantile(maps.transpose(0, 1).flatten(1), 0.9, dim=1)
+    plain = dissection.unit_masks(maps, thresholds, 112)
+    assert torch.equal(dissection.unit_masks(maps.contiguous(memory_format=torch.channels_last), thresholds, 112),
+                       plain)
+    assert torch.equal(dissection.upsample(maps[1:2, 5:9], 112), dissection.upsample(maps, 112)[1:2, 5:9])
+
+
 def test_firing_masks_are_unit_masks_where_a_map_can_fire_and_give_the_same_counts():
     gen = torch.Generator().manual_seed(5)
     maps = torch.rand(6, 5, 3, 3, generator=gen) ** 4              # most maps stay under their threshold

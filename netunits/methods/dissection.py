@@ -70,13 +70,21 @@ def quantile_from_top(top_descending: torch.Tensor, n_values: int, quantile: flo
     return below + (h - lo) * (above - below)
 
 
+def upsample(maps: torch.Tensor, mask_size: int) -> torch.Tensor:
+    """Maps (images x units x h x w) upsampled bilinearly to mask_size x mask_size, in fp32, plane
+    by plane: the channels-last kernel rounds differently in the last bit, and a unit's mask must
+    not depend on the memory layout its maps come in, nor on which other maps share the batch."""
+    maps = maps.float().contiguous()
+    if maps.shape[-1] == mask_size and maps.shape[-2] == mask_size:
+        return maps
+    return F.interpolate(maps, size=(mask_size, mask_size), mode="bilinear", align_corners=False)
+
+
 def unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, mask_size: int) -> torch.Tensor:
     """Bool images x units x (mask_size^2): maps upsampled bilinearly, above the threshold (strictly,
     as NetDissect-Lite: a unit silent on more than 0.5% of positions has threshold 0, and its
     mask must not become the whole image)."""
-    if maps.shape[-1] != mask_size or maps.shape[-2] != mask_size:
-        maps = F.interpolate(maps.float(), size=(mask_size, mask_size), mode="bilinear", align_corners=False)
-    return (maps > thresholds.view(1, -1, 1, 1)).flatten(2)
+    return (upsample(maps, mask_size) > thresholds.view(1, -1, 1, 1)).flatten(2)
 
 
 def may_fire(maps: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,18 +101,14 @@ def may_fire(maps: torch.Tensor, thresholds: torch.Tensor) -> tuple[torch.Tensor
 def firing_unit_masks(maps: torch.Tensor, thresholds: torch.Tensor, mask_size: int,
                       budget: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """unit_masks for the maps that may fire only: (image, unit, masks bool K x mask_size^2), image
-    major. Every other map's mask is empty. Each map is upsampled on its own, as unit_masks does
-    (the same values: interpolation works plane by plane), so a unit that fires on a few images
-    costs a few upsamplings."""
+    major. Every other map's mask is empty. Each map is upsampled on its own (upsample: the same
+    values as unit_masks gives), so a unit that fires on a few images costs a few upsamplings."""
     image, unit = may_fire(maps, thresholds)
     step = max(1, budget // (mask_size * mask_size))
     rows = []
     for first in range(0, len(image), step):
         i, u = image[first:first + step], unit[first:first + step]
-        selected = maps[i, u].float()[:, None]
-        if selected.shape[-1] != mask_size or selected.shape[-2] != mask_size:
-            selected = F.interpolate(selected, size=(mask_size, mask_size), mode="bilinear", align_corners=False)
-        rows.append(selected.flatten(1) > thresholds[u].view(-1, 1))
+        rows.append(upsample(maps[i, u][:, None], mask_size).flatten(1) > thresholds[u].view(-1, 1))
     masks = torch.cat(rows) if rows else torch.zeros(0, mask_size * mask_size, dtype=torch.bool)
     return image, unit, masks
 

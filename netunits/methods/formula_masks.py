@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike
 
 from netunits.data.probe import unpack_masks
 from netunits.errors import PipelineError
-from netunits.methods.dissection import may_fire
+from netunits.methods.dissection import may_fire, upsample
 from netunits.methods.formula import CONNECTORS, EXPANDED, Formula, leaves
 
 
@@ -152,9 +152,7 @@ def unit_mask_positions(maps: torch.Tensor, thresholds: torch.Tensor, size: int,
     step = max(1, budget // (size * size))
     for first in range(0, len(image), step):
         i, u = image[first:first + step], unit[first:first + step]
-        selected = maps[i, u].float()[:, None]
-        if selected.shape[-1] != size or selected.shape[-2] != size:
-            selected = F.interpolate(selected, size=(size, size), mode="bilinear", align_corners=False)
+        selected = upsample(maps[i, u][:, None], size)
         pair, position = torch.nonzero(selected.flatten(1) > thresholds[u][:, None], as_tuple=True)
         for kept, values in zip(found, (i[pair], u[pair], position)):
             kept.append(values)
