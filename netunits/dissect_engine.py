@@ -33,7 +33,7 @@ from netunits.shard_ranges import shard_ranges
 _LOADED: dict[tuple, DissectInputs] = {}
 
 
-def _worker_inputs(paths: dict[str, Path], checkpoint_sha256: str, threads: Any) -> DissectInputs:
+def worker_inputs(paths: dict[str, Path], checkpoint_sha256: str, threads: Any) -> DissectInputs:
     """dissect's inputs in a worker process: loaded from `paths` once, checked to be the
     checkpoint the stage loaded; sets the thread count as the stage does."""
     set_threads(threads)
@@ -49,11 +49,11 @@ def _worker_inputs(paths: dict[str, Path], checkpoint_sha256: str, threads: Any)
 
 
 def _threshold_task(paths, sha256, threads, config, runtime, shard, source) -> ThresholdShard:
-    return threshold_shard(_worker_inputs(paths, sha256, threads), config, runtime, shard, source)
+    return threshold_shard(worker_inputs(paths, sha256, threads), config, runtime, shard, source)
 
 
 def _count_task(paths, sha256, threads, config, runtime, thresholds, shard, source) -> CountShard:
-    return count_shard(_worker_inputs(paths, sha256, threads), config, runtime, thresholds, shard, source)
+    return count_shard(worker_inputs(paths, sha256, threads), config, runtime, thresholds, shard, source)
 
 
 def dissect_shard_ranges(inputs: DissectInputs, config: Any, source: str = "params.yaml") -> list[tuple[int, int]]:

@@ -37,6 +37,7 @@ class LocalEngine:
     """compute.engine none: each task here, in turn."""
     name = "none"
     remote = False
+    workers = 1
 
     def map(self, fn: Callable, calls: Sequence[tuple], names: Sequence[str]) -> list:
         return [fn(*call) for call in calls]
@@ -57,6 +58,11 @@ class DaskEngine:
 
     def __init__(self, client: Any, where: str):
         self.client, self.where = client, where
+
+    @property
+    def workers(self) -> int:
+        """The cluster's worker processes now (at least one)."""
+        return max(1, len(self.client.scheduler_info().get("workers", {})))
 
     def map(self, fn: Callable, calls: Sequence[tuple], names: Sequence[str]) -> list:
         from distributed import as_completed

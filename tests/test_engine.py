@@ -1,5 +1,6 @@
-"""compute.engine: dissect's shards and the study's cells as tasks on a local Dask cluster give
-the bytes the single process gives; the bad inputs are one line, exit status 2, nothing
+"""compute.engine: dissect's shards, compose's forward shards and search chunks, clip_dissect's
+shards and the study's cells as tasks on a local Dask cluster (or a running scheduler) give the
+bytes the single process gives; the bad inputs are one line, exit status 2, nothing
 written. On a randomly initialised ResNet18 at 32 px and 12 synthetic Broden-format images."""
 
 import re
@@ -20,7 +21,7 @@ from netunits.files import save_torch
 from netunits.models.inputs import input_spec
 from netunits.models.registry import build_model
 from netunits.study_engine import cell_commands
-from stages import dissect
+from stages import clip_dissect, compose, dissect
 
 N_IMAGES, BATCH = 12, 3            # 4 batches
 
@@ -144,6 +145,61 @@ def test_a_bad_scheduler_address_is_one_line(address):
         validate_params(tiny_params(compute={"scheduler": address}))
 
 
+
+
+# ------------------------------------------------------------------------------ compose and clip_dissect
+STAGE_FILES = {compose: ("artifacts/compose/formulas.csv", "artifacts/compose/top_masks.pt",
+                         "artifacts/metrics/compose.json"),
+               clip_dissect: ("artifacts/clip_dissect/descriptions.csv", "artifacts/metrics/clip_dissect.json")}
+
+
+def stage_in(folder, stage, **compute):
+    """Run compose or clip_dissect in `folder` (after dissect) under these compute params;
+    (exit status, {file: bytes} of what it wrote)."""
+    write_params(folder, tiny_params(compute={"device": "cpu", "precision": "fp32", **compute},
+                                     dissect={"batch_size": BATCH, "top_images": 3, "quantile": 0.9},
+                                     compose={"batch_size": BATCH}, clip_dissect={"batch_size": BATCH}))
+    for name in STAGE_FILES[stage]:
+        (folder / name).unlink(missing_ok=True)
+    with working_dir(folder):
+        status = run_main(stage.main)
+    return status, {name: (folder / name).read_bytes() for name in STAGE_FILES[stage] if (folder / name).exists()}
+
+
+@pytest.fixture(scope="module")
+def analysed(inputs_folder, single):
+    """compose's and clip_dissect's files from one process (no engine)."""
+    (inputs_folder / "artifacts/dissect/tallies.pt").write_bytes(single)
+    found = {stage: stage_in(inputs_folder, stage) for stage in STAGE_FILES}
+    assert all(status == 0 and len(files) == len(STAGE_FILES[stage]) for stage, (status, files) in found.items())
+    return {stage: files for stage, (_, files) in found.items()}
+
+
+@needs_dask
+def test_compose_and_clip_dissect_on_a_local_cluster_write_the_same_bytes(inputs_folder, analysed):
+    for stage in STAGE_FILES:
+        assert stage_in(inputs_folder, stage, engine="dask", workers=2) == (0, analysed[stage]), stage.__name__
+
+
+@needs_dask
+def test_a_running_scheduler_gets_the_tasks_and_a_dead_search_task_writes_nothing(inputs_folder, analysed,
+                                                                                  monkeypatch, capsys):
+    import distributed
+    monkeypatch.setenv(KILL_ENV, "units 128 to 255, search")     # the workers start with it
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=50) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tcp://")
+        status, files = stage_in(inputs_folder, compose, engine="dask", scheduler=address)
+        assert (status, files) == (2, {})
+        assert capsys.readouterr().err.strip().splitlines()[-1] == (
+            f"error: compose layer4, units 128 to 255, search: its worker died (scheduler {address}); nothing was "
+            f"written; rerun the stage to redo it")
+    monkeypatch.delenv(KILL_ENV)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=50) as cluster:
+        assert stage_in(inputs_folder, compose, engine="dask", scheduler=cluster.scheduler_address) == \
+            (0, analysed[compose])
 
 
 # ------------------------------------------------------------------------------ the study's grid

@@ -155,10 +155,11 @@ def description_rows(layer: str, values: torch.Tensor, indices: torch.Tensor, na
     return rows
 
 
-def run_clip_dissect(inputs: ClipDissectInputs, config: Any, runtime: Any,
-                     source: str = "params.yaml") -> ClipDissectResult:
+def run_clip_dissect(inputs: ClipDissectInputs, config: Any, runtime: Any, source: str = "params.yaml",
+                     summaries: dict[str, torch.Tensor] | None = None) -> ClipDissectResult:
     """config: the clip_dissect section; runtime: device and precision; source: the params file
-    that messages name."""
+    that messages name; summaries: the units' values per probe image ({layer: images x units}),
+    computed here when None (netunits.analysis_engine computes them in shards on an engine)."""
     probe, names, layers, method = inputs.probe, inputs.concepts, list(config.layers), config.similarity
     constants, top_k_key = similarity_constants(config)
     n_images = len(probe["images"])
@@ -174,8 +175,9 @@ def run_clip_dissect(inputs: ClipDissectInputs, config: Any, runtime: Any,
     else:
         clip, preprocess, tokenizer = load_model(config.model, config.weights, runtime.device, source=source)
 
-    summaries = unit_summaries(inputs.model, probe["images"], layers, config.pool, config.batch_size, runtime,
-                               inputs.input_spec, source)
+    if summaries is None:
+        summaries = unit_summaries(inputs.model, probe["images"], layers, config.pool, config.batch_size, runtime,
+                                   inputs.input_spec, source)
     dissected = {layer: table for layer, table in inputs.dissected.items() if layer in summaries}
     for layer, table in dissected.items():
         if len(table["unit"]) != summaries[layer].shape[1]:

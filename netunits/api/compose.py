@@ -257,26 +257,34 @@ def search_primitives(probe: Mapping, config: ComposeParams, size: int, grid: in
                       config.connectors, config.expand)
 
 
-def compose_layer(inputs: ComposeInputs, layer: str, config: ComposeParams, runtime: Runtime) -> LayerFormulas:
-    """One layer's formulas: the units' masks from a model pass, the concept masks bit-packed,
-    the beam search, and each formula's mask on its unit's top images."""
+def layer_setup(inputs: ComposeInputs, layer: str, config: ComposeParams, runtime: Runtime) -> dict:
+    """What one layer's passes read: its thresholds (dissect's), the masks' side (size), the
+    layer's own grid and the forward pass's settings (run: iterate_activations' arguments)."""
     per_layer = inputs.tallies["per_layer"][layer]
-    thresholds, probe = per_layer["thresholds"], inputs.probe
     grid = per_layer["top_maps"].shape[-1]                       # the layer's own cells per side
-    size = probe["mask_size"] if config.resolution == "mask" else grid
-    primitives = search_primitives(probe, config, size, grid)
-    run = dict(batch_size=config.batch_size, device=runtime.device, precision=runtime.precision,
-               input_spec=inputs.input_spec, key="compose.layers")
-    found = []
-    with tempfile.TemporaryFile() as spill:
-        fired = fired_maps_shard(inputs.model, probe, layer, thresholds, run, (0, len(probe["images"])), spill)
-        chunks = [range(a, min(a + UNIT_CHUNK, len(thresholds))) for a in range(0, len(thresholds), UNIT_CHUNK)]
-        for units in progress(chunks, f"{layer} search, {UNIT_CHUNK} units at a time"):
-            found += search_units(primitives, positions_of_units(fired, thresholds, size, primitives.words, units),
-                                  connectors=config.connectors, beam=config.beam, max_length=config.max_length,
-                                  candidates=config.candidates, score=config.score, r=config.imrou_r,
-                                  penalty=config.length_penalty)
-        del fired
+    return {"thresholds": per_layer["thresholds"], "grid": grid,
+            "size": inputs.probe["mask_size"] if config.resolution == "mask" else grid,
+            "run": dict(batch_size=config.batch_size, device=runtime.device, precision=runtime.precision,
+                        input_spec=inputs.input_spec, key="compose.layers")}
+
+
+def unit_chunks(n_units: int) -> list[range]:
+    """The units searched together (UNIT_CHUNK at a time)."""
+    return [range(a, min(a + UNIT_CHUNK, n_units)) for a in range(0, n_units, UNIT_CHUNK)]
+
+
+def search_chunk(primitives, fired: FiredMaps, thresholds: torch.Tensor, size: int, units: range,
+                 config: ComposeParams) -> list[dict]:
+    """The beam search of `units`, their masks built from the fired maps."""
+    return search_units(primitives, positions_of_units(fired, thresholds, size, primitives.words, units),
+                        connectors=config.connectors, beam=config.beam, max_length=config.max_length,
+                        candidates=config.candidates, score=config.score, r=config.imrou_r,
+                        penalty=config.length_penalty)
+
+
+def layer_formulas(probe: Mapping, per_layer: Mapping, found: list[dict], config: ComposeParams, size: int,
+                   grid: int) -> LayerFormulas:
+    """One layer's search results with each formula's mask on its unit's top images (dissect's)."""
     top_images = per_layer["top_images"]
     masks = torch.zeros(len(found), top_images.shape[1], size, size, dtype=torch.bool)
     for unit, result in enumerate(found):
@@ -284,6 +292,22 @@ def compose_layer(inputs: ComposeInputs, layer: str, config: ComposeParams, runt
             masks[unit] = formula_mask_on(probe, top_images[unit], result["formula"], config.resolution, size,
                                           config.downsample_min, grid)
     return LayerFormulas(found, top_images, size, pack_masks(masks.numpy()))
+
+
+def compose_layer(inputs: ComposeInputs, layer: str, config: ComposeParams, runtime: Runtime) -> LayerFormulas:
+    """One layer's formulas: the units' masks from a model pass, the concept masks bit-packed,
+    the beam search, and each formula's mask on its unit's top images."""
+    setup, probe = layer_setup(inputs, layer, config, runtime), inputs.probe
+    thresholds, size = setup["thresholds"], setup["size"]
+    primitives = search_primitives(probe, config, size, setup["grid"])
+    found = []
+    with tempfile.TemporaryFile() as spill:
+        fired = fired_maps_shard(inputs.model, probe, layer, thresholds, setup["run"], (0, len(probe["images"])),
+                                 spill)
+        for units in progress(unit_chunks(len(thresholds)), f"{layer} search, {UNIT_CHUNK} units at a time"):
+            found += search_chunk(primitives, fired, thresholds, size, units, config)
+        del fired
+    return layer_formulas(probe, inputs.tallies["per_layer"][layer], found, config, size, setup["grid"])
 
 
 def run_compose(inputs: ComposeInputs, config: ComposeParams, runtime: Runtime,
