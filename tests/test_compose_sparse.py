@@ -79,3 +79,16 @@ def test_the_sparse_path_covers_the_default_connectors_only():
     assert sparse_search_applies(("OR", "WITH"), False)
     assert not sparse_search_applies(("OR", "CLOSE TO"), False)
     assert not sparse_search_applies(("OR", "AND"), True)
+
+
+@pytest.mark.parametrize("backend", ["dense", "sparse"])
+def test_a_units_formula_does_not_depend_on_the_units_searched_with_it(backend):
+    probe = tiny_probe(n_images=16, n_pixel=9, seed=6, sparse=True)
+    connectors = ("OR", "AND", "AND NOT")
+    primitives = (Primitives(concept_masks(probe, "mask", 8, 0.3), 2, connectors) if backend == "dense"
+                  else sparse_primitives(probe, "mask", 8, 0.3))
+    flat, _ = units(16, 8, primitives.words, seed=9)
+    options = dict(connectors=connectors, beam=3, max_length=3, candidates=5)
+    together = search_units(primitives, flat, **options)
+    assert [search_units(primitives, [positions], **options)[0] for positions in flat] == together
+    assert search_units(primitives, flat[::-1], **options) == together[::-1]

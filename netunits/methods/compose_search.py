@@ -199,7 +199,9 @@ def search_units(primitives: Primitives, unit_positions: Sequence[np.ndarray],
     The beam starts as the unit's `beam` best primitives; each of max_length - 1 rounds extends
     every beam formula by each of the unit's `candidates` best primitives with every connector,
     merges the results with the beam and keeps the best `beam` (formulas equal up to the order
-    of commutative operands count once; among equal scores the earlier stays). Returns one dict
+    of commutative operands count once; among equal scores the earlier stays: the beam, then
+    the extensions of its formulas in beam order). A unit's result does not depend on the
+    other units searched with it. Returns one dict
     per unit: formula, score, iou, length, single (the best primitive), single_score,
     single_iou, best_by_length (the best score found at each length) and evaluated (formulas scored).
     """
@@ -226,16 +228,19 @@ def search_units(primitives: Primitives, unit_positions: Sequence[np.ndarray],
         beams.append([(float(scores[j]), float(ious[j]), primitives.names[j], canonical(primitives.names[j]))
                       for j in order[:beam]])
     for length in range(2, max_length + 1):
+        # a formula's counts are computed once for every unit whose beam holds it (or a commutative
+        # variant: the same mask); each unit extends its own formulas, in its own beam's order, so
+        # its answer, ties included, does not depend on which units are searched with it
         by_formula = {}
         for unit, entries in enumerate(beams):
             for entry in entries:
-                by_formula.setdefault(entry[3], (entry[2], []))[1].append(unit)
-        found = [[] for _ in beams]
-        for formula, units in progress(list(by_formula.values()), f"length {length}"):
+                by_formula.setdefault(entry[3], (entry[2], []))[1].append((unit, entry[2]))
+        scored = [{} for _ in beams]
+        for key, (formula, members) in progress(list(by_formula.items()), f"length {length}"):
             counts = primitives.formula_counts(formula, connectors)
-            for unit in units:
+            for unit, own in members:
                 view = views[unit]
-                rows = extensions(primitives, view, counts, formula, results[unit]["candidates"], connectors,
+                rows = extensions(primitives, view, counts, own, results[unit]["candidates"], connectors,
                                   singles[unit], score != "iou")
                 if not rows:
                     continue
@@ -243,8 +248,9 @@ def search_units(primitives: Primitives, unit_positions: Sequence[np.ndarray],
                 lengths = np.array([formula_length(row[0]) for row in rows])
                 scores = score_from_counts(inter, area, view.area, dot, lengths, unit_square=view.square, **options)
                 ious = score_from_counts(inter, area, view.area, dot, lengths)
-                found[unit].extend((float(s), float(i), row[0], None) for s, i, row in zip(scores, ious, rows))
+                scored[unit][key] = [(float(s), float(i), row[0], None) for s, i, row in zip(scores, ious, rows)]
                 results[unit]["evaluated"] += len(rows)
+        found = [[row for entry in beams[unit] for row in scored[unit].get(entry[3], [])] for unit in range(len(beams))]
         for unit, new in enumerate(found):
             if not new:
                 continue
