@@ -5,8 +5,10 @@ implementation.
    set and dissection thresholds: the params.yaml settings (by default every layer4 unit, length
    3, beam 5, OR / AND / AND NOT, 2000 probe images), then the same with every indres option on
    (WITH, CLOSE TO, CLOSE, expanded primitives, imRoU): wall time and peak resident memory.
-2. One formula's cost: the beam search on --units units, by counts over bit-packed masks
-   (netunits.methods.compose_search.search_units) against a plain beam search that builds each
+2. One formula's cost: the beam search on every unit by counts over bit-packed masks
+   (netunits.methods.compose_search.search_units), dense and kept only where present
+   (compose_sparse, what the stage runs with these connectors: the same formulas), and on
+   --units units against a plain beam search that builds each
    formula's dense mask over the whole probe set and scores it (compexp's way, without its
    run-length encoding). Both must find the same formula and score; reported per formula
    scored, and as a ratio.
@@ -22,6 +24,7 @@ from bench.run import ROOT, stage_in_scratch
 from netunits.api.compose import unit_positions
 from netunits.data.probe import load_probe
 from netunits.methods.compose_search import Primitives, search_units
+from netunits.methods.compose_sparse import sparse_primitives
 from netunits.methods.formula import canonical, formula_length, leaves, to_string
 from netunits.methods.formula_masks import concept_masks, evaluate, plain_score
 from netunits.models.registry import load_checkpoint
@@ -95,6 +98,10 @@ def main():
     start = time.perf_counter()
     everything = search_units(primitives, positions, **options)
     fast_all = time.perf_counter() - start
+    start = time.perf_counter()
+    sparse = sparse_primitives(probe, "mask", size, params["downsample_min"])
+    sparse_found = search_units(sparse, positions, **options)
+    sparse_all = time.perf_counter() - start
     units = [u for u in range(len(positions)) if len(positions[u])][:args.units]
     start = time.perf_counter()
     fast = search_units(primitives, [positions[u] for u in units], **options)
@@ -121,12 +128,15 @@ def main():
     print("|---|---:|---:|---:|---:|")
     print(f"| counts over bit-packed masks | {len(positions)} | {n_all} | {fast_all:.1f} | "
           f"{fast_all / n_all * 1e6:.1f} |")
+    print(f"| counts over masks kept where present (the stage's) | {len(positions)} | {n_all} | {sparse_all:.1f} | "
+          f"{sparse_all / n_all * 1e6:.1f} |")
     print(f"| counts over bit-packed masks | {len(units)} | {n_few} | {fast_few:.2f} | {fast_few / n_few * 1e6:.1f} |")
     print(f"| plain: dense masks | {len(units)} | {plain_evaluated} | {plain_time:.1f} | "
           f"{plain_time / plain_evaluated * 1e6:.1f} |")
     print(f"ratio per formula, plain / counts (all units): {plain_time / plain_evaluated / (fast_all / n_all):.0f}x; "
           f"plain for all {len(positions)} units would take about "
           f"{plain_time / len(units) * len(positions) / 60:.0f} min; same formulas and scores: {same}")
+    print(f"the sparse search's formulas and scores equal the dense search's: {sparse_found == everything}")
     for p, f in zip(plain, fast):
         print(f"  {to_string(f['formula'])} ({f['score']:.4f}) | plain: {to_string(p[1])} ({p[0]:.4f})")
 

@@ -10,9 +10,10 @@ memory is its own; the first line of each child loads the probe file as the stag
 
 - dissect: netunits.api.dissect's two passes (thresholds, then IoU counts, histograms and top
   images) over ResNet18's layer2-4 and ResNet50's layer4, timed apart.
-- compose: ResNet50's layer4 at length 3, beam 5, the params' connectors and candidates: the
-  concept masks bit-packed, the units' masks from a forward pass, and the beam search on
-  --compose-units units, whose time per unit is multiplied by 2,048.
+- compose: ResNet50's layer4 at length 3, beam 5, the params' connectors and candidates, as the
+  stage runs it: the concept masks (kept where present, compose_sparse), one forward pass keeping
+  the maps that may fire (in a temporary file), one chunk of 128 units' masks built from them and
+  the beam search on --compose-units of those; the per-unit times are multiplied by 2,048.
 - soft-WPMI: CLIP-Dissect's scores for 2,048 units x the concepts x the images, on seeded random
   inputs shaped like CLIP's (the CLIP image pass is not counted: one forward of the CLIP model
   per probe image, whatever the network).

@@ -25,7 +25,7 @@ from netunits.files import file_sha256, load_checked, remove_stale_temps, save_t
 from netunits.methods.compose_search import Primitives, search_units
 from netunits.methods.compose_sparse import sparse_primitives, sparse_search_applies
 from netunits.methods.dissection import may_fire
-from netunits.methods.formula import Formula, to_string
+from netunits.methods.formula import Formula, canonical, to_string
 from netunits.methods.formula_masks import concept_masks, formula_mask_on, unit_mask_positions
 from netunits.models.registry import load_checkpoint
 from netunits.params import PARAMS_FILE, ComposeParams
@@ -114,7 +114,8 @@ class ComposeResult:
                 "share_gain_at_least_min_gain": (float(np.mean([g >= config.min_gain - 1e-12 for g in gains]))
                                                  if explained else None),
                 "formulas_by_length": {str(n): lengths.count(n) for n in range(1, max_length + 1)},
-                "unique_formulas": len({to_string(u["formula"]) for u in explained})}
+                # the same formula up to the order of commutative operands counts once
+                "unique_formulas": len({canonical(u["formula"]) for u in explained})}
         return metrics
 
     def top_masks(self) -> dict:
